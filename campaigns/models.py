@@ -1,0 +1,54 @@
+"""Campaigns and the frozen notice versions that objections point back to.
+
+The campaign engine (audience, deliveries, dispatch) grows here; the ledger only needs a
+campaign and the exact notice version a person was shown (DESIGN invariant 5).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", _("draft")
+        SCHEDULED = "scheduled", _("scheduled")
+        RUNNING = "running", _("running")
+        PAUSED = "paused", _("paused")
+        COMPLETED = "completed", _("completed")
+        CANCELLED = "cancelled", _("cancelled")
+
+    name = models.CharField(_("name"), max_length=200)
+    purpose = models.ForeignKey("optout.Purpose", on_delete=models.PROTECT, verbose_name=_("purpose"))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.DRAFT)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("campaign")
+        verbose_name_plural = _("campaigns")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NoticeVersion(models.Model):
+    """One notice, rendered for one language and frozen at launch."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="versions", verbose_name=_("campaign"))
+    language = models.CharField(_("language"), max_length=8)
+    content_hash = models.CharField(_("content hash"), max_length=64)
+    subject = models.CharField(_("mail subject"), max_length=300)
+    body_html = models.TextField(_("HTML body"))
+    body_text = models.TextField(_("text body"))
+    created_at = models.DateTimeField(_("frozen at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("notice version")
+        verbose_name_plural = _("notice versions")
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "language"], name="campaigns_version_campaign_language"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} [{self.language}] {self.content_hash[:12]}"

@@ -1,0 +1,151 @@
+"""The objection ledger: purposes, append-only events and the current state per subject."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy as _
+
+
+class Purpose(models.Model):
+    """What personal data would be used for. Name and description are gettext msgids:
+    the data migration marks them for translation and `display_*` translate at read time."""
+
+    slug = models.SlugField(_("slug"), max_length=64, unique=True)
+    name = models.CharField(_("name"), max_length=200)
+    description = models.TextField(_("description"), blank=True)
+
+    class Meta:
+        verbose_name = _("purpose")
+        verbose_name_plural = _("purposes")
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        return gettext(self.name)
+
+    @property
+    def display_description(self) -> str:
+        return gettext(self.description) if self.description else ""
+
+
+class Action(models.TextChoices):
+    OBJECTED = "objected", _("objected")
+    WITHDRAWN = "withdrawn", _("withdrawn")
+
+
+class Source(models.TextChoices):
+    EMAIL_LINK = "email-link", _("link in a notice")
+    IN_APP = "in-app", _("in the app")
+    WEB_FORM = "web-form", _("public web form")
+    API = "api", _("API")
+    GPC = "gpc", _("Global Privacy Control signal")
+    IMPORT = "import", _("import of past objections")
+    STAFF_ENTRY = "staff-entry", _("entered by staff")
+
+
+class ObjectionEvent(models.Model):
+    """One objection or withdrawal. Rows are never updated or deleted: on PostgreSQL a
+    trigger rejects UPDATE, DELETE and TRUNCATE (migration 0002).
+
+    `xid` is the writing transaction's id, stamped by a trigger on PostgreSQL; the change
+    feed reads only below the oldest running transaction and pages on (xid, id), so an
+    event that commits late is never skipped (optout.selectors.feed_page).
+
+    Events chain per (subject, purpose): `prev_hash` is the hash of that subject's
+    previous event for the purpose, so appends for different people never wait on each
+    other, and `verify_ledger` still finds any edited, removed or reordered row.
+    """
+
+    uuid = models.UUIDField(_("event id"), default=uuid.uuid4, unique=True, editable=False)
+    xid = models.BigIntegerField(_("transaction id"), null=True, editable=False)
+    subject_id = models.CharField(_("subject id"), max_length=128)
+    # Only the public web form knows a person by email alone; we keep the address it
+    # verified so the confirmation and a later status link can reach them. Every other
+    # flow identifies the person by subject id and leaves this empty.
+    email = models.EmailField(_("verified email"), blank=True)
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, verbose_name=_("purpose"))
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    reason = models.TextField(_("reason"), blank=True, max_length=2000)
+    campaign = models.ForeignKey(
+        "campaigns.Campaign", null=True, blank=True, on_delete=models.PROTECT, verbose_name=_("campaign")
+    )
+    notice_version = models.ForeignKey(
+        "campaigns.NoticeVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        verbose_name=_("notice version"),
+    )
+    staff_user = models.CharField(_("recorded by staff member"), max_length=150, blank=True)
+    received_at = models.DateTimeField(_("received at"))
+    effective_at = models.DateTimeField(_("effective from"))
+    recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now, editable=False)
+    receipt = models.CharField(_("receipt"), max_length=16, unique=True)
+    # Set by imports ("import:<digest>") and API callers' Idempotency-Key; a repeat is a no-op.
+    idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True)
+    prev_hash = models.CharField(_("previous hash"), max_length=64)
+    hash = models.CharField(_("hash"), max_length=64)
+
+    class Meta:
+        verbose_name = _("objection event")
+        verbose_name_plural = _("objection events")
+        indexes = [
+            # optout.selectors.feed_page: WHERE (xid, id) > cursor ORDER BY xid, id
+            models.Index(fields=["xid", "id"], name="optout_event_feed"),
+            # one subject's history, and the hash chain walk in verify_ledger
+            models.Index(fields=["subject_id", "purpose", "id"], name="optout_event_subject"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["purpose", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="optout_event_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.receipt} {self.subject_id} {self.action}"
+
+
+class ObjectionState(models.Model):
+    """The current answer for one (subject, purpose), written in the same transaction as
+    the event that changed it. `head_hash` is the hash of that last event: the start of
+    the next link in the subject's chain."""
+
+    subject_id = models.CharField(_("subject id"), max_length=128)
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, verbose_name=_("purpose"))
+    objected = models.BooleanField(_("objected"), default=False)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices, blank=True)
+    received_at = models.DateTimeField(_("received at"), null=True)
+    effective_at = models.DateTimeField(_("effective from"), null=True)
+    receipt = models.CharField(_("receipt"), max_length=16, blank=True)
+    last_event = models.ForeignKey(
+        ObjectionEvent, null=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("last event")
+    )
+    head_hash = models.CharField(_("head hash"), max_length=64, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("objection state")
+        verbose_name_plural = _("objection states")
+        constraints = [
+            models.UniqueConstraint(fields=["subject_id", "purpose"], name="optout_state_subject_purpose"),
+        ]
+        indexes = [
+            # bulk check and export: WHERE purpose_id = ? AND objected
+            models.Index(
+                fields=["purpose", "subject_id"],
+                condition=models.Q(objected=True),
+                name="optout_state_objected",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject_id} ({self.purpose_id}): {'objected' if self.objected else 'not objected'}"

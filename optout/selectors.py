@@ -1,0 +1,249 @@
+"""Reads of the objection ledger."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+
+from optout.models import ObjectionEvent, ObjectionState
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """A position in the change feed: (writing transaction id, event id).
+
+    Opaque to clients: they get `encode()`'s text back and hand it in unchanged."""
+
+    xid: int = 0
+    id: int = 0
+
+    def encode(self) -> str:
+        raw = f"1.{self.xid}.{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str | None) -> Cursor:
+        if not text:
+            return cls()
+        try:
+            padded = text + "=" * (-len(text) % 4)
+            version, xid, event_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii").split(".")
+            if version != "1":
+                raise ValueError
+            cursor = cls(int(xid), int(event_id))
+        except (ValueError, UnicodeError, binascii.Error):
+            raise BadCursor(text) from None
+        if cursor.xid < 0 or cursor.id < 0:
+            raise BadCursor(text)
+        return cursor
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    uuid: object
+    subject_id: str
+    purpose: str
+    action: str
+    received_at: datetime
+    effective_at: datetime
+    source: str
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    rows: list[FeedRow]
+    next_cursor: Cursor
+    has_more: bool
+
+
+_FEED_COLUMNS = """
+    e.uuid, e.subject_id, p.slug, e.action, e.received_at, e.effective_at, e.source, e.xid, e.id
+    FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
+"""
+
+# PostgreSQL hands out sequence numbers at INSERT but rows become visible at COMMIT, so
+# "id > cursor" would skip an event whose transaction commits after a later one. Instead
+# read only events written by transactions older than every transaction still running
+# (the snapshot's xmin): that set can no longer grow below the horizon, and paging on
+# (xid, id) walks it in a fixed order.
+_FEED_SQL_POSTGRES = f"""
+    SELECT {_FEED_COLUMNS}
+    WHERE (e.xid, e.id) > (%s, %s)
+      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+      {{purpose_filter}}
+    ORDER BY e.xid, e.id
+    LIMIT %s
+"""
+
+# SQLite has one writer at a time and assigns ids inside the write lock, so ids are in
+# commit order and a plain id cursor cannot skip.
+_FEED_SQL_SQLITE = f"""
+    SELECT {_FEED_COLUMNS}
+    WHERE e.id > %s
+      {{purpose_filter}}
+    ORDER BY e.id
+    LIMIT %s
+"""
+
+
+def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> FeedPage:
+    """Events after `cursor`, oldest first, never skipping one that commits late."""
+    purpose_filter = "AND p.slug = %s" if purpose else ""
+    if connection.vendor == "postgresql":
+        sql = _FEED_SQL_POSTGRES.format(purpose_filter=purpose_filter)
+        params: list[object] = [cursor.xid, cursor.id]
+    else:
+        sql = _FEED_SQL_SQLITE.format(purpose_filter=purpose_filter)
+        params = [cursor.id]
+    if purpose:
+        params.append(purpose)
+    params.append(limit)
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        raw = db.fetchall()
+    rows = [FeedRow(*row[:7]) for row in raw]
+    if raw:
+        last = raw[-1]
+        next_cursor = Cursor(last[7] or 0, last[8])
+    else:
+        next_cursor = cursor
+    return FeedPage(rows=rows, next_cursor=next_cursor, has_more=len(raw) == limit)
+
+
+def feed_horizon() -> Cursor:
+    """A feed cursor for a reader of the current state: read it *before* the state.
+
+    Every transaction below the horizon had committed when it was taken, so a state read
+    afterwards already reflects those events; events at or past the horizon may be read
+    again by a client that continues from here, which is harmless, but none is missed."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as db:
+            db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            (xmin,) = db.fetchone()
+        return Cursor(xmin, 0)
+    last = ObjectionEvent.objects.order_by("-id").values_list("id", flat=True).first()
+    return Cursor(0, last or 0)
+
+
+def objection_state_get(*, subject_id: str, purpose: str) -> ObjectionState | None:
+    return (
+        ObjectionState.objects.select_related("purpose")
+        .filter(subject_id=subject_id, purpose__slug=purpose)
+        .first()
+    )
+
+
+def objection_history(*, subject_id: str, purpose: str) -> list[ObjectionEvent]:
+    return list(
+        ObjectionEvent.objects.filter(subject_id=subject_id, purpose__slug=purpose).order_by("id")
+    )
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    event_id: int | None
+    receipt: str
+    subject_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LedgerReport:
+    events: int
+    chains: int
+    problems: list[LedgerProblem]
+
+    @property
+    def first_problem(self) -> LedgerProblem | None:
+        with_ids = [p for p in self.problems if p.event_id is not None]
+        if with_ids:
+            return min(with_ids, key=lambda p: p.event_id)
+        return self.problems[0] if self.problems else None
+
+
+def ledger_verify(*, chunk_size: int = 10_000) -> LedgerReport:
+    """Recompute every event's hash and every chain link, then check that each current
+    state row matches the last event of its chain. Streams in chain order, so memory
+    stays flat however long the ledger is."""
+    from optout.ledger import GENESIS_HASH, event_hash
+
+    problems: list[LedgerProblem] = []
+    events = chains = 0
+    chain_key = None
+    prev_hash = GENESIS_HASH
+    rows = (
+        ObjectionEvent.objects.order_by("subject_id", "purpose_id", "id")
+        .values_list(
+            "id", "uuid", "subject_id", "purpose_id", "purpose__slug", "action", "source",
+            "received_at", "effective_at", "recorded_at", "receipt", "email", "reason",
+            "campaign_id", "notice_version_id", "staff_user", "idempotency_key", "prev_hash", "hash",
+        )
+        .iterator(chunk_size=chunk_size)
+    )
+    for (
+        event_id, uuid, subject_id, purpose_id, slug, action, source, received_at, effective_at,
+        recorded_at, receipt, email, reason, campaign_id, notice_version_id, staff_user,
+        idempotency_key, stored_prev, stored_hash,
+    ) in rows:
+        events += 1
+        if (subject_id, purpose_id) != chain_key:
+            chain_key = (subject_id, purpose_id)
+            prev_hash = GENESIS_HASH
+            chains += 1
+        if stored_prev != prev_hash:
+            problems.append(LedgerProblem(event_id, receipt, subject_id, "link to the previous event is broken"))
+        expected = event_hash(
+            prev_hash=stored_prev, uuid=uuid, subject_id=subject_id, purpose=slug, action=action,
+            source=source, received_at=received_at, effective_at=effective_at, recorded_at=recorded_at,
+            receipt=receipt, email=email, reason=reason, campaign_id=campaign_id,
+            notice_version_id=notice_version_id, staff_user=staff_user, idempotency_key=idempotency_key,
+        )
+        if expected != stored_hash:
+            problems.append(LedgerProblem(event_id, receipt, subject_id, "content does not match its hash"))
+        prev_hash = stored_hash
+
+    problems.extend(_state_problems())
+    return LedgerReport(events=events, chains=chains, problems=problems)
+
+
+def _state_problems() -> list[LedgerProblem]:
+    """State rows that disagree with the last event of their chain."""
+    from django.db.models import Exists, Max, OuterRef, Q, Subquery
+
+    last_id = (
+        ObjectionEvent.objects.filter(subject_id=OuterRef("subject_id"), purpose_id=OuterRef("purpose_id"))
+        .values("subject_id")
+        .annotate(last=Max("id"))
+        .values("last")
+    )
+    mismatched = (
+        ObjectionState.objects.annotate(
+            chain_end=Subquery(last_id),
+            has_events=Exists(
+                ObjectionEvent.objects.filter(subject_id=OuterRef("subject_id"), purpose_id=OuterRef("purpose_id"))
+            ),
+        )
+        .filter(Q(has_events=True) | Q(objected=True))
+        .select_related("last_event")
+    )
+    problems = []
+    for state in mismatched.iterator(chunk_size=10_000):
+        event = state.last_event
+        if event is None or event.id != state.chain_end:
+            reason = "current state does not point at the last event of its chain"
+        elif state.head_hash != event.hash:
+            reason = "current state's head hash differs from its last event"
+        elif state.objected != (event.action == "objected"):
+            reason = "current state disagrees with its last event"
+        else:
+            continue
+        problems.append(LedgerProblem(None, state.receipt, state.subject_id, reason))
+    return problems

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from optout.models import ObjectionEvent, ObjectionState
+from optout.selectors import ledger_verify
+from optout.services import objection_record, objection_withdraw
+
+pytestmark = pytest.mark.django_db
+
+GOOD = (
+    "subject_id,purpose,received_at,source,email\n"
+    "u1,ai-training,2025-04-20T10:00:00Z,web-form,one@example.com\n"
+    "u2,ai-training,2025-04-21,email-link,\n"
+    "u3,ai-training,2025-05-01T08:30:00+02:00,in-app,\n"
+    "u1,ai-training,2025-04-19T09:00:00Z,web-form,\n"
+)
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+    def write(text: str | bytes, name="objections.csv") -> Path:
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    return write
+
+
+def test_it_imports_past_objections_with_their_dates(purpose, write_csv, capsys):
+    call_command("import_objections", str(write_csv(GOOD)))
+
+    assert "4 rows read: 3 objections imported, 0 already recorded, 1 duplicates" in capsys.readouterr().out
+    u1 = ObjectionEvent.objects.get(subject_id="u1")
+    assert u1.received_at.isoformat() == "2025-04-19T09:00:00+00:00"  # the earliest row wins
+    assert ObjectionEvent.objects.get(subject_id="u3").received_at.isoformat() == "2025-05-01T06:30:00+00:00"
+    assert ObjectionState.objects.filter(objected=True).count() == 3
+    assert ledger_verify().problems == []
+
+
+def test_importing_the_same_file_again_adds_nothing(purpose, write_csv, capsys):
+    path = write_csv(GOOD)
+    call_command("import_objections", str(path))
+    objection_withdraw(subject_id="u2", source="web-form")  # a later answer the re-import must respect
+    before = ObjectionEvent.objects.count()
+
+    call_command("import_objections", str(path))
+
+    assert ObjectionEvent.objects.count() == before
+    assert not ObjectionState.objects.get(subject_id="u2").objected
+    assert "0 objections imported, 3 already recorded" in capsys.readouterr().out
+
+
+def test_it_skips_people_who_already_object(purpose, write_csv):
+    existing = objection_record(subject_id="u2", source="email-link")
+
+    call_command("import_objections", str(write_csv(GOOD)))
+
+    assert ObjectionEvent.objects.filter(subject_id="u2").count() == 1
+    assert ObjectionState.objects.get(subject_id="u2").receipt == existing.receipt
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "subject_id,purpose,received_at,source\nu1,ai-training,2025-02-30,web-form\n",
+            ["line 2: received_at '2025-02-30' is not an ISO 8601 date or date and time."],
+        ),
+        (
+            "subject_id,purpose,received_at,source\nu1,advertising,2025-02-03,web-form\n",
+            ["line 2: unknown purpose 'advertising'."],
+        ),
+        (
+            "subject_id,purpose,source\nu1,ai-training,web-form\n",
+            ["line 1: missing column(s): received_at."],
+        ),
+        (
+            b"subject_id,purpose,received_at,source\nu1,ai-training,2025-02-03,web-form\nM\xfcller,ai-training,2025-02-03,web-form\n",
+            ["line 3: the text is not valid UTF-8."],
+        ),
+        (
+            "subject_id,purpose,received_at,source\n"
+            "u1,ai-training,2025-02-03,web-form\n"
+            ",ai-training,2025-02-03,post\n"
+            "u3,ai-training,2999-01-01,web-form\n"
+            "u4,ai-training\n",
+            [
+                "line 3: subject_id is empty; unknown source 'post'",
+                "line 4: received_at is in the future.",
+                "line 5: expected 4 fields, found 2.",
+            ],
+        ),
+        ("", ["The file is empty."]),
+    ],
+    ids=["bad-date", "unknown-purpose", "missing-column", "wrong-encoding", "several-bad-lines", "empty"],
+)
+def test_a_malformed_file_changes_nothing_and_names_each_bad_line(purpose, write_csv, capsys, content, expected):
+    objection_record(subject_id="already-here", source="api")
+
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_objections", str(write_csv(content)))
+
+    errors = capsys.readouterr().err
+    for message in expected:
+        assert message in errors
+    assert list(ObjectionEvent.objects.values_list("subject_id", flat=True)) == ["already-here"]
+    assert ObjectionState.objects.count() == 1
+
+
+def test_a_missing_file_is_a_clear_error(purpose):
+    with pytest.raises(CommandError, match="No such file"):
+        call_command("import_objections", "/nonexistent/file.csv")
