@@ -52,3 +52,26 @@ class NoticeVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} [{self.language}] {self.content_hash[:12]}"
+
+
+class Suppression(models.Model):
+    """Who gets no more notice mails: unsubscribed (RFC 8058 one-click), hard bounces
+    and complaints. Unsubscribing is not objecting: the ledger is untouched."""
+
+    class Reason(models.TextChoices):
+        UNSUBSCRIBED = "unsubscribed", _("unsubscribed")
+        BOUNCED = "bounced", _("hard bounce")
+        COMPLAINED = "complained", _("spam complaint")
+
+    subject_id = models.CharField(_("subject id"), max_length=128, blank=True)
+    email = models.EmailField(_("email"), blank=True)
+    reason = models.CharField(_("reason"), max_length=16, choices=Reason.choices)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("suppression")
+        verbose_name_plural = _("suppressions")
+        indexes = [
+            models.Index(fields=["subject_id"], name="campaigns_suppr_subject"),
+            models.Index(fields=["email"], name="campaigns_suppr_email"),
+        ]

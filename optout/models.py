@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
 
@@ -149,3 +150,85 @@ class ObjectionState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject_id} ({self.purpose_id}): {'objected' if self.objected else 'not objected'}"
+
+
+class ApiScope(models.TextChoices):
+    OBJECTIONS_READ = "objections:read", _("read objections (training systems)")
+    OBJECTIONS_WRITE = "objections:write", _("record objections on a person's behalf")
+    AUDIENCE_WRITE = "audience:write", _("sync the audience")
+    NOTICES_READ = "notices:read", _("fetch in-app notices and report their events")
+
+
+class ApiClient(AbstractAPIKey):
+    """An API key (stored hashed by djangorestframework-api-key) with the scopes it may use."""
+
+    scopes = models.JSONField(_("scopes"), default=list, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = _("API client")
+        verbose_name_plural = _("API clients")
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class OutboxMessage(models.Model):
+    """A mail to send, written in the same transaction as what caused it (an objection,
+    a verification request), and sent by a Celery task after commit or by the periodic
+    sweep when the broker was down. Recording never waits on the broker or the mail
+    provider (DESIGN invariant 1)."""
+
+    class Kind(models.TextChoices):
+        RECEIPT = "receipt", _("objection receipt")
+        VERIFICATION = "verification", _("email verification")
+        WITHDRAWAL = "withdrawal", _("withdrawal receipt")
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SENDING = "sending", _("sending")
+        SENT = "sent", _("sent")
+        FAILED = "failed", _("failed")
+
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
+    to = models.EmailField(_("to"))
+    language = models.CharField(_("language"), max_length=8)
+    subject = models.CharField(_("subject"), max_length=300)
+    body_text = models.TextField(_("text body"))
+    body_html = models.TextField(_("HTML body"), blank=True)
+    event = models.ForeignKey(
+        ObjectionEvent, null=True, blank=True, on_delete=models.PROTECT, verbose_name=_("objection event")
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("outgoing mail")
+        verbose_name_plural = _("outgoing mail")
+        indexes = [
+            # the sweep: WHERE status = 'pending' ORDER BY id
+            models.Index(fields=["id"], condition=models.Q(status="pending"), name="optout_outbox_pending"),
+        ]
+
+
+class EmailVerification(models.Model):
+    """A public-form request waiting for its single-use link (valid 30 minutes).
+
+    The link carries a signed token naming this row; `used_at` makes it single-use."""
+
+    email = models.EmailField(_("email"))
+    country = models.CharField(_("country of residence"), max_length=2)
+    subject_id = models.CharField(_("account id"), max_length=128, blank=True)
+    reason = models.TextField(_("reason"), blank=True, max_length=2000)
+    language = models.CharField(_("language"), max_length=8)
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, verbose_name=_("purpose"))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    used_at = models.DateTimeField(_("used at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("email verification")
+        verbose_name_plural = _("email verifications")
