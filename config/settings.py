@@ -235,6 +235,8 @@ SPECTACULAR_SETTINGS = {
 # --- Demur -------------------------------------------------------------------------------
 
 DEMUR_DEFAULT_PURPOSE = "ai-training"
+# How long the signed links in notices and receipts stay valid (seconds; 12 months).
+DEMUR_LINK_MAX_AGE = env_int("DEMUR_LINK_MAX_AGE", 365 * 24 * 3600, minimum=60)
 
 LOGGING = {
     "version": 1,

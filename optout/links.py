@@ -1,0 +1,96 @@
+"""Signed links that identify a person without a login (DESIGN F1, F4).
+
+Every notice carries an objection link; receipts carry a status link; notice mails carry
+a one-click unsubscribe link (RFC 8058). Each kind is signed with its own salt, so a
+token minted for one purpose is worthless for another, and expires after
+DEMUR_LINK_MAX_AGE seconds (12 months by default).
+
+The URL names (`optout:link`, `optout:status`, `optout:unsubscribe`) are served by
+optout/urls.py under a language prefix, e.g. /de/optout/t/<token>/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+from django.utils import translation
+
+OBJECT_SALT = "demur.optout.object"
+STATUS_SALT = "demur.optout.status"
+UNSUBSCRIBE_SALT = "demur.optout.unsubscribe"
+
+
+class BadLink(Exception):
+    """The token is tampered with, malformed or from another kind of link."""
+
+
+class ExpiredLink(BadLink):
+    pass
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    subject_id: str
+    purpose: str
+    language: str
+    campaign_id: int | None = None
+    notice_version_id: int | None = None
+    email: str = ""
+
+
+def make_token(claims: LinkClaims, *, salt: str) -> str:
+    payload = {"s": claims.subject_id, "p": claims.purpose, "l": claims.language}
+    if claims.campaign_id is not None:
+        payload["c"] = claims.campaign_id
+    if claims.notice_version_id is not None:
+        payload["v"] = claims.notice_version_id
+    if claims.email:
+        payload["e"] = claims.email
+    return signing.dumps(payload, salt=salt, compress=True)
+
+
+def read_token(token: str, *, salt: str, max_age: int | None = None) -> LinkClaims:
+    """The claims of a valid token; BadLink (or ExpiredLink) otherwise."""
+    if max_age is None:
+        max_age = settings.DEMUR_LINK_MAX_AGE
+    try:
+        payload = signing.loads(token, salt=salt, max_age=max_age)
+    except signing.SignatureExpired:
+        raise ExpiredLink(token) from None
+    except (signing.BadSignature, ValueError, UnicodeError):
+        raise BadLink(token) from None
+    try:
+        return LinkClaims(
+            subject_id=str(payload["s"]),
+            purpose=str(payload["p"]),
+            language=str(payload["l"]),
+            campaign_id=payload.get("c"),
+            notice_version_id=payload.get("v"),
+            email=str(payload.get("e", "")),
+        )
+    except (KeyError, TypeError, AttributeError):
+        raise BadLink(token) from None
+
+
+def _absolute(name: str, token: str, language: str) -> str:
+    with translation.override(language):
+        path = reverse(name, kwargs={"token": token})
+    return f"{settings.SITE_URL}{path}"
+
+
+def objection_url(claims: LinkClaims) -> str:
+    """The link every notice carries: opens the one-button objection page."""
+    return _absolute("optout:link", make_token(claims, salt=OBJECT_SALT), claims.language)
+
+
+def status_url(claims: LinkClaims) -> str:
+    """The link in a receipt: the person's current state, history and withdrawal."""
+    return _absolute("optout:status", make_token(claims, salt=STATUS_SALT), claims.language)
+
+
+def unsubscribe_url(claims: LinkClaims) -> str:
+    """The List-Unsubscribe target of a notice mail (RFC 8058 one-click)."""
+    return _absolute("optout:unsubscribe", make_token(claims, salt=UNSUBSCRIBE_SALT), claims.language)
