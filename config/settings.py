@@ -48,12 +48,14 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "anymail",
+    "csp",
     "optout",
     "campaigns",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -119,6 +121,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Sends outbox mail left pending while the broker was down (optout/outbox.py).
+CELERY_BEAT_SCHEDULE = {
+    "optout-outbox-sweep": {"task": "optout.outbox_sweep", "schedule": env_int("DEMUR_OUTBOX_SWEEP_SECONDS", 60, minimum=5)},
+}
 
 # --- Mail --------------------------------------------------------------------------------
 
@@ -202,6 +208,20 @@ AUTH_PASSWORD_VALIDATORS = [
 SECURE_REFERRER_POLICY = "no-referrer"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# The public pages carry no inline script or style (django-csp). The admin and the API
+# docs are left out: their bundled templates use inline code this policy would block.
+CONTENT_SECURITY_POLICY = {
+    "EXCLUDE_URL_PREFIXES": ["/admin/", "/api/"],
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+CSRF_FAILURE_VIEW = "optout.views.csrf_failure"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
 if not DEBUG:
@@ -240,6 +260,11 @@ DEMUR_LINK_MAX_AGE = env_int("DEMUR_LINK_MAX_AGE", 365 * 24 * 3600, minimum=60)
 
 LOGGING = {
     "version": 1,
+# The public form's verification link: single use, valid this long (seconds).
+DEMUR_VERIFY_MAX_AGE = env_int("DEMUR_VERIFY_MAX_AGE", 30 * 60, minimum=60)
+# Public form rate limits (django-ratelimit on the shared cache): per IP and per address.
+DEMUR_FORM_RATE_IP = env_str("DEMUR_FORM_RATE_IP", "30/h")
+DEMUR_FORM_RATE_EMAIL = env_str("DEMUR_FORM_RATE_EMAIL", "5/h")
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -12,3 +12,5 @@ os.environ.setdefault("DEMUR_VAR_DIR", os.path.join(os.path.dirname(__file__), "
 from config.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
+# Pages call static() without a collectstatic run; the manifest storage would refuse.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405

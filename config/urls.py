@@ -4,11 +4,18 @@ from django.conf.urls.i18n import i18n_patterns
 from django.contrib import admin
 from django.urls import include, path
 
+from optout import views as optout_views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("optout.api_urls")),
+    # A notice link with its language prefix cut off: reopen it in the token's language.
+    path("optout/t/<str:token>/", optout_views.link_without_language),
 ]
 urlpatterns += i18n_patterns(
     path("optout/", include("optout.urls")),
     prefix_default_language=True,
 )
+
+# Oversized or malformed request bodies get the localized page, not Django's bare one.
+handler400 = "optout.views.bad_request"

@@ -1,0 +1,187 @@
+"""Services behind the opt-out pages. Each one writes the ledger event (through
+optout.services) and the mail that confirms it (through the outbox) in one transaction,
+so the person is told "recorded" only once both are durable."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.models import Campaign, NoticeVersion, Suppression
+from optout.formatting import when
+from optout.links import BadLink, ExpiredLink, LinkClaims, objection_url, status_url
+from optout.models import EmailVerification, OutboxMessage, Source
+from optout.outbox import outbox_add
+from optout.services import Receipt, objection_record, objection_withdraw, purpose_get
+
+VERIFY_SALT = "demur.optout.verify"
+
+
+class UsedLink(BadLink):
+    """A single-use link that was already used."""
+
+
+def _known_ids(claims: LinkClaims) -> tuple[int | None, int | None]:
+    """The campaign and notice version a token names, if they still exist."""
+    campaign_id = claims.campaign_id
+    if campaign_id is not None and not Campaign.objects.filter(id=campaign_id).exists():
+        campaign_id = None
+    version_id = claims.notice_version_id
+    if version_id is not None and not NoticeVersion.objects.filter(id=version_id).exists():
+        version_id = None
+    return campaign_id, version_id
+
+
+def _receipt_mail(*, receipt: Receipt, to: str, language: str) -> None:
+    if not to:
+        return
+    status_claims = LinkClaims(subject_id=receipt.subject_id, purpose=receipt.purpose, language=language, email=to)
+    purpose = purpose_get(receipt.purpose)
+    objected = receipt.objected
+    outbox_add(
+        kind=OutboxMessage.Kind.RECEIPT if objected else OutboxMessage.Kind.WITHDRAWAL,
+        to=to,
+        language=language,
+        template="optout/mail/receipt" if objected else "optout/mail/withdrawal",
+        context={"receipt": receipt, "purpose": purpose, "status_url": status_url(status_claims), "when": when},
+        event_id=None,
+    )
+
+
+def link_object(*, claims: LinkClaims, reason: str, language: str, source: str = Source.EMAIL_LINK) -> Receipt:
+    """An objection from a signed link (a notice, or the status page of a receipt)."""
+    campaign_id, version_id = _known_ids(claims)
+    with transaction.atomic():
+        receipt = objection_record(
+            subject_id=claims.subject_id,
+            purpose=claims.purpose,
+            source=source,
+            reason=reason,
+            campaign_id=campaign_id,
+            notice_version_id=version_id,
+        )
+        if receipt.created:
+            _receipt_mail(receipt=receipt, to=claims.email, language=language)
+    return receipt
+
+
+def link_withdraw(*, claims: LinkClaims, language: str) -> Receipt:
+    with transaction.atomic():
+        receipt = objection_withdraw(subject_id=claims.subject_id, purpose=claims.purpose, source=Source.EMAIL_LINK)
+        if receipt.created:
+            _receipt_mail(receipt=receipt, to=claims.email, language=language)
+    return receipt
+
+
+def unsubscribe(*, claims: LinkClaims) -> None:
+    """Stop notice mails to this person (RFC 8058). Not an objection: the ledger is untouched."""
+    already = Suppression.objects.filter(
+        subject_id=claims.subject_id, reason=Suppression.Reason.UNSUBSCRIBED
+    ).exists()
+    if not already:
+        Suppression.objects.create(
+            subject_id=claims.subject_id, email=claims.email, reason=Suppression.Reason.UNSUBSCRIBED
+        )
+
+
+def public_subject_id(*, email: str, account_id: str) -> str:
+    """Who a public-form objection is about: the account id when given, else the
+    verified address, which the training systems can match against their accounts."""
+    return account_id or f"email:{email.strip().lower()}"
+
+
+def verification_request(
+    *, email: str, country: str, account_id: str, reason: str, language: str, purpose: str
+) -> None:
+    """Queue the verification mail for a public-form request. The same happens whether
+    or not the address is known, so the page cannot be used to probe for accounts."""
+    purpose_obj = purpose_get(purpose)
+    with transaction.atomic():
+        verification = EmailVerification.objects.create(
+            email=email,
+            country=country,
+            subject_id=account_id,
+            reason=reason,
+            language=language,
+            purpose=purpose_obj,
+        )
+        token = signing.dumps({"v": verification.id}, salt=VERIFY_SALT)
+        outbox_add(
+            kind=OutboxMessage.Kind.VERIFICATION,
+            to=email,
+            language=language,
+            template="optout/mail/verification",
+            context={
+                "verify_url": _verify_url(token, language),
+                "purpose": purpose_obj,
+                "minutes": settings.DEMUR_VERIFY_MAX_AGE // 60,
+                "when": when,
+            },
+        )
+
+
+def _verify_url(token: str, language: str) -> str:
+    from django.urls import reverse
+    from django.utils import translation
+
+    with translation.override(language):
+        return f"{settings.SITE_URL}{reverse('optout:verify', kwargs={'token': token})}"
+
+
+def verification_read(token: str) -> EmailVerification:
+    """The pending request a verification token names; BadLink, ExpiredLink or UsedLink."""
+    try:
+        payload = signing.loads(token, salt=VERIFY_SALT, max_age=settings.DEMUR_VERIFY_MAX_AGE)
+    except signing.SignatureExpired:
+        raise ExpiredLink(token) from None
+    except (signing.BadSignature, ValueError, UnicodeError):
+        raise BadLink(token) from None
+    verification_id = payload.get("v") if isinstance(payload, dict) else None
+    if not isinstance(verification_id, int):
+        raise BadLink(token)
+    verification = EmailVerification.objects.select_related("purpose").filter(id=verification_id).first()
+    if verification is None:
+        raise BadLink(token)
+    if verification.used_at is not None:
+        raise UsedLink(token)
+    return verification
+
+
+def verification_confirm(*, verification_id: int, language: str) -> Receipt:
+    """Record the objection of a verified public-form request. Single use: the row is
+    locked and marked used in the same transaction as the ledger event."""
+    with transaction.atomic():
+        verification = (
+            EmailVerification.objects.select_for_update().select_related("purpose").get(id=verification_id)
+        )
+        if verification.used_at is not None:
+            raise UsedLink(str(verification_id))
+        email = verification.email.strip().lower()
+        claims = LinkClaims(
+            subject_id=public_subject_id(email=email, account_id=verification.subject_id),
+            purpose=verification.purpose.slug,
+            language=language,
+            email=email,
+        )
+        receipt = objection_record(
+            subject_id=claims.subject_id,
+            purpose=claims.purpose,
+            source=Source.WEB_FORM,
+            email=email,
+            reason=verification.reason,
+        )
+        verification.used_at = timezone.now()
+        verification.save(update_fields=["used_at"])
+        if receipt.created:
+            _receipt_mail(receipt=receipt, to=email, language=language)
+    return receipt
+
+
+def status_claims_for(receipt: Receipt, *, language: str, email: str) -> LinkClaims:
+    return LinkClaims(subject_id=receipt.subject_id, purpose=receipt.purpose, language=language, email=email)
+
+
+def objection_link_for(claims: LinkClaims) -> str:
+    return objection_url(claims)

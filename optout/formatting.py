@@ -1,0 +1,33 @@
+"""How the pages and mails show dates and identities."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from babel.dates import format_datetime
+from django.utils import translation
+
+from optout.countries import babel_locale
+
+
+def when(value: datetime | None) -> str:
+    """A date and time as the reader's language writes it (CLDR, through Babel)."""
+    if value is None:
+        return ""
+    return format_datetime(value, "long", tzinfo=UTC, locale=babel_locale(translation.get_language() or "en"))
+
+
+def mask_email(email: str) -> str:
+    """j***@example.com: enough for people to recognise their address, not to learn one."""
+    local, _at, domain = email.partition("@")
+    if not domain:
+        return mask_id(email)
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_id(value: str) -> str:
+    if value.startswith("email:"):
+        return mask_email(value.removeprefix("email:"))
+    if len(value) <= 4:
+        return "***"
+    return f"{value[:2]}***{value[-2:]}"

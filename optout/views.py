@@ -1,0 +1,398 @@
+"""The pages an EU user sees: object from a notice link, the public form with email
+verification, the receipt, status and withdrawal, and one-click unsubscribe.
+
+Views are thin: read the token or form, call one service in optout.flows, render.
+Every bad input ends on a localized page with a 4xx status and records nothing.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http.multipartparser import MultiPartParserError
+from django.shortcuts import render
+from django.urls import reverse, translate_url
+from django.utils import translation
+from django.utils.translation import get_language_info
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+from django_ratelimit.core import is_ratelimited
+
+from optout import flows
+from optout.countries import country_name
+from optout.formatting import mask_email, mask_id, when
+from optout.forms import ObjectForm, PublicObjectionForm, WithdrawForm
+from optout.links import (
+    OBJECT_SALT,
+    STATUS_SALT,
+    UNSUBSCRIBE_SALT,
+    BadLink,
+    ExpiredLink,
+    LinkClaims,
+    read_token,
+    status_url,
+)
+from optout.selectors import objection_history, objection_state_get
+from optout.services import LedgerError, UnknownPurpose, purpose_get
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _languages(request: HttpRequest) -> list[dict]:
+    path = request.get_full_path() if request.method == "GET" else request.path
+    current = translation.get_language()
+    languages = []
+    for code, _name in settings.LANGUAGES:
+        info = get_language_info(code)
+        languages.append(
+            {"code": code, "name": info["name_local"], "url": translate_url(path, code), "current": code == current}
+        )
+    return languages
+
+
+def page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
+    context = {
+        **(context or {}),
+        "languages": _languages(request),
+        "when": when,
+        "language_name": get_language_info(translation.get_language() or "en")["name_local"],
+    }
+    response = render(request, f"optout/{template}", context, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def error_page(request: HttpRequest, *, status: int, title: str, message: str, offer_form: bool = True) -> HttpResponse:
+    return page(
+        request, "error.html", {"title": title, "message": message, "offer_form": offer_form}, status=status
+    )
+
+
+def _bad_link(request: HttpRequest, exc: Exception) -> HttpResponse:
+    if isinstance(exc, flows.UsedLink):
+        return error_page(
+            request,
+            status=410,
+            title=_("This link has already been used"),
+            message=_("Each confirmation link works once. If you still want to object, fill in the form again."),
+        )
+    if isinstance(exc, ExpiredLink):
+        return error_page(
+            request,
+            status=410,
+            title=_("This link has expired"),
+            message=_("For your safety, links stop working after a while. You can still object with the form."),
+        )
+    return error_page(
+        request,
+        status=400,
+        title=_("This link does not work"),
+        message=_("The link is incomplete or has been changed. Copy the whole link from the email, or use the form."),
+    )
+
+
+def _post(request: HttpRequest):
+    """request.POST, with an oversized or malformed body turned into TooLarge / BadLink."""
+    try:
+        return request.POST
+    except (RequestDataTooBig, TooManyFieldsSent) as exc:
+        raise TooLarge from exc
+    except (MultiPartParserError, SuspiciousOperation, UnicodeDecodeError, ValueError) as exc:
+        raise BadLink("body") from exc
+
+
+def _too_large(request: HttpRequest) -> HttpResponse:
+    return error_page(
+        request,
+        status=413,
+        title=_("That was too much text"),
+        message=_("What you sent is larger than this form accepts. Please shorten it and try again."),
+    )
+
+
+def _claims(token: str, salt: str) -> LinkClaims:
+    claims = read_token(token, salt=salt)
+    try:
+        purpose_get(claims.purpose)
+    except UnknownPurpose:
+        raise BadLink(token) from None
+    if not claims.subject_id or len(claims.subject_id) > 128:
+        raise BadLink(token)
+    return claims
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def link(request: HttpRequest, token: str) -> HttpResponse:
+    """The page every notice links to. GET only shows it (mail scanners open links);
+    POST records the objection and answers with the receipt."""
+    try:
+        claims = _claims(token, OBJECT_SALT)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    language = translation.get_language()
+    purpose = purpose_get(claims.purpose)
+    state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
+    identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
+    status_link = status_url(LinkClaims(claims.subject_id, claims.purpose, language, email=claims.email))
+
+    if request.method == "POST":
+        try:
+            form = ObjectForm(_post(request))
+        except TooLarge:
+            return _too_large(request)
+        except BadLink as exc:
+            return _bad_link(request, exc)
+        if not form.is_valid():
+            return page(
+                request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400
+            )
+        try:
+            receipt = flows.link_object(claims=claims, reason=form.cleaned_data["reason"], language=language)
+        except LedgerError as exc:
+            return _bad_link(request, exc)
+        return page(
+            request,
+            "receipt.html",
+            {
+                "receipt": receipt,
+                "purpose": purpose,
+                "identity": identity,
+                "status_url": status_link,
+                "mailed": bool(claims.email) and receipt.created,
+            },
+        )
+
+    if state is not None and state.objected:
+        return page(
+            request,
+            "already.html",
+            {"state": state, "purpose": purpose, "identity": identity, "status_url": status_link},
+        )
+    return page(request, "link.html", {"form": ObjectForm(), "purpose": purpose, "identity": identity})
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def status(request: HttpRequest, token: str) -> HttpResponse:
+    """Current state and history; withdraw (with a confirmation tick) or object again."""
+    try:
+        claims = _claims(token, STATUS_SALT)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    language = translation.get_language()
+    purpose = purpose_get(claims.purpose)
+    identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
+    withdraw_form = WithdrawForm()
+    result_status = 200
+    done = ""
+
+    if request.method == "POST":
+        try:
+            data = _post(request)
+        except TooLarge:
+            return _too_large(request)
+        except BadLink as exc:
+            return _bad_link(request, exc)
+        action = data.get("action")
+        if action == "withdraw":
+            withdraw_form = WithdrawForm(data)
+            if withdraw_form.is_valid():
+                flows.link_withdraw(claims=claims, language=language)
+                withdraw_form = WithdrawForm()
+                done = "withdrawn"
+            else:
+                result_status = 400
+        elif action == "object":
+            flows.link_object(claims=claims, reason="", language=language)
+            done = "objected"
+        else:
+            return error_page(
+                request,
+                status=400,
+                title=_("We could not understand that request"),
+                message=_("Please use the buttons on the page."),
+                offer_form=False,
+            )
+
+    state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
+    history = objection_history(subject_id=claims.subject_id, purpose=claims.purpose)
+    return page(
+        request,
+        "status.html",
+        {
+            "state": state,
+            "history": list(reversed(history)),
+            "purpose": purpose,
+            "identity": identity,
+            "withdraw_form": withdraw_form,
+            "done": done,
+        },
+        status=result_status,
+    )
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def public_form(request: HttpRequest) -> HttpResponse:
+    """Object without a link: email, country, optional account id and reason; we answer
+    with a verification mail, and the same page whether or not the address is known."""
+    language = translation.get_language()
+    if request.method != "POST":
+        return page(request, "form.html", {"form": PublicObjectionForm(language=language)})
+    if is_ratelimited(request, group="optout-form-ip", key="ip", rate=settings.DEMUR_FORM_RATE_IP, increment=True):
+        return _rate_limited(request)
+    try:
+        form = PublicObjectionForm(_post(request), language=language)
+    except TooLarge:
+        return _too_large(request)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    if not form.is_valid():
+        return page(request, "form.html", {"form": form}, status=400)
+    email = form.cleaned_data["email"].strip().lower()
+    if is_ratelimited(
+        request,
+        group="optout-form-email",
+        key=lambda _group, _request: email,
+        rate=settings.DEMUR_FORM_RATE_EMAIL,
+        increment=True,
+    ):
+        return _rate_limited(request)
+    flows.verification_request(
+        email=email,
+        country=form.cleaned_data["country"],
+        account_id=form.cleaned_data["account_id"],
+        reason=form.cleaned_data["reason"],
+        language=language,
+        purpose=settings.DEMUR_DEFAULT_PURPOSE,
+    )
+    return page(
+        request, "check_inbox.html", {"email": mask_email(email), "minutes": settings.DEMUR_VERIFY_MAX_AGE // 60}
+    )
+
+
+def _rate_limited(request: HttpRequest) -> HttpResponse:
+    response = error_page(
+        request,
+        status=429,
+        title=_("Too many requests"),
+        message=_("We have received many requests from you in a short time. Please wait an hour and try again."),
+        offer_form=False,
+    )
+    response["Retry-After"] = "3600"
+    return response
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def verify(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in the verification mail. GET asks for a click (scanners open links);
+    POST records the objection once."""
+    try:
+        verification = flows.verification_read(token)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    language = translation.get_language()
+    context = {
+        "purpose": verification.purpose,
+        "identity": mask_email(verification.email),
+        "country": country_name(verification.country, language),
+    }
+    if request.method != "POST":
+        return page(request, "verify.html", context)
+    try:
+        receipt = flows.verification_confirm(verification_id=verification.id, language=language)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    email = verification.email.strip().lower()
+    return page(
+        request,
+        "receipt.html",
+        {
+            **context,
+            "receipt": receipt,
+            "status_url": status_url(flows.status_claims_for(receipt, language=language, email=email)),
+            "mailed": receipt.created,
+        },
+    )
+
+
+@csrf_exempt
+@require_http_methods(["GET", "HEAD", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """RFC 8058 one-click unsubscribe. The mail client POSTs `List-Unsubscribe=One-Click`
+    with no cookie, so this view is exempt from CSRF (it can only stop mail) and answers
+    200 without a redirect. GET shows a page with the same button and the objection."""
+    try:
+        claims = _claims(token, UNSUBSCRIBE_SALT)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    context = {
+        "identity": mask_email(claims.email) if claims.email else mask_id(claims.subject_id),
+        "objection_url": flows.objection_link_for(
+            LinkClaims(claims.subject_id, claims.purpose, translation.get_language(), email=claims.email)
+        ),
+        "purpose": purpose_get(claims.purpose),
+    }
+    if request.method != "POST":
+        return page(request, "unsubscribe.html", {**context, "done": False})
+    try:
+        data = _post(request)
+    except TooLarge:
+        return _too_large(request)
+    except BadLink as exc:
+        return _bad_link(request, exc)
+    if data.get("List-Unsubscribe") != "One-Click":
+        return error_page(
+            request,
+            status=400,
+            title=_("We could not understand that request"),
+            message=_("Please use the button on the page."),
+            offer_form=False,
+        )
+    flows.unsubscribe(claims=claims)
+    return page(request, "unsubscribe.html", {**context, "done": True})
+
+
+def link_without_language(request: HttpRequest, token: str) -> HttpResponse:
+    """/optout/t/<token>/ with no language prefix: open it in the token's language, else
+    in the browser's (Accept-Language)."""
+    language = None
+    try:
+        language = read_token(token, salt=OBJECT_SALT).language
+    except BadLink:
+        pass
+    if language not in dict(settings.LANGUAGES):
+        language = translation.get_language_from_request(request)
+    with translation.override(language):
+        return HttpResponseRedirect(reverse("optout:link", kwargs={"token": token}))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    return error_page(
+        request,
+        status=403,
+        title=_("Your request could not be checked"),
+        message=_(
+            "The page had been open for too long, or your browser did not send its security check. "
+            "Go back, reload the page and try again."
+        ),
+        offer_form=False,
+    )
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if isinstance(exception, RequestDataTooBig | TooManyFieldsSent):
+        return _too_large(request)
+    return error_page(
+        request,
+        status=400,
+        title=_("We could not understand that request"),
+        message=_("Please go back and try again."),
+        offer_form=False,
+    )
