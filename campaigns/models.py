@@ -24,6 +24,21 @@ class Campaign(models.Model):
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.DRAFT)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
+    # What the notice says. Inserted into the notice as named placeholders when the
+    # versions are frozen (campaigns.notices); required before freezing.
+    notice_template = models.SlugField(
+        _("notice template"),
+        max_length=64,
+        default="ai-training",
+        help_text=_("The folder under templates/notices/ that holds the notice."),
+    )
+    controller_name = models.CharField(_("controller"), max_length=200, blank=True)
+    product_name = models.CharField(_("product name"), max_length=100, blank=True)
+    training_starts_on = models.DateField(_("training starts on"), null=True, blank=True)
+    dpo_email = models.EmailField(_("data protection officer's email"), blank=True)
+    contact_email = models.EmailField(_("contact email"), blank=True)
+    policy_url = models.URLField(_("privacy policy URL"), blank=True)
+
     class Meta:
         verbose_name = _("campaign")
         verbose_name_plural = _("campaigns")
@@ -33,7 +48,14 @@ class Campaign(models.Model):
 
 
 class NoticeVersion(models.Model):
-    """One notice, rendered for one language and frozen at launch."""
+    """One notice, rendered for one language and frozen at launch.
+
+    The texts hold the campaign's values already; what differs per person (name, signed
+    links, the date of an earlier objection) is left as `__demur_<slot>__` markers that
+    campaigns.notices fills in at send time. Each text exists twice: for everyone, and
+    for people who have already objected (the `objected_*` fields). `content_hash` covers
+    all of them; `template_hash` and `catalog_hash` name the sources they came from.
+    """
 
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="versions", verbose_name=_("campaign"))
     language = models.CharField(_("language"), max_length=8)
@@ -42,6 +64,19 @@ class NoticeVersion(models.Model):
     body_html = models.TextField(_("HTML body"))
     body_text = models.TextField(_("text body"))
     created_at = models.DateTimeField(_("frozen at"), auto_now_add=True)
+    direction = models.CharField(_("text direction"), max_length=3, default="ltr")
+    preheader = models.CharField(_("preheader"), max_length=300, blank=True)
+    inapp_body = models.TextField(_("in-app body"), blank=True)
+    objected_subject = models.CharField(_("mail subject (already objected)"), max_length=300, blank=True)
+    objected_preheader = models.CharField(_("preheader (already objected)"), max_length=300, blank=True)
+    objected_body_html = models.TextField(_("HTML body (already objected)"), blank=True)
+    objected_body_text = models.TextField(_("text body (already objected)"), blank=True)
+    objected_inapp_body = models.TextField(_("in-app body (already objected)"), blank=True)
+    # {"named": "Hello __demur_name__,", "anonymous": "Hello,"}: the greeting is chosen per person.
+    greetings = models.JSONField(_("greetings"), default=dict, blank=True)
+    template_name = models.CharField(_("template"), max_length=64, blank=True)
+    template_hash = models.CharField(_("template hash"), max_length=64, blank=True)
+    catalog_hash = models.CharField(_("catalog hash"), max_length=64, blank=True)
 
     class Meta:
         verbose_name = _("notice version")

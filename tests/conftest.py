@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
@@ -26,6 +30,13 @@ def _sql_flush_past_ledger_guard(self, style, tables, **kwargs):
 
 
 DatabaseOperations.sql_flush = _sql_flush_past_ledger_guard
+
+
+def pytest_sessionstart(session):
+    """Compile every catalog, as scripts/test does, so that a bare `python -m pytest`
+    reads the translations as they are in the .po files."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "i18n.py"
+    subprocess.run([sys.executable, str(script), "compile", "-q"], check=True)
 
 
 def pytest_collection_modifyitems(config, items):

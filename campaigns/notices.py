@@ -1,0 +1,294 @@
+"""Notices: freezing one version per language, and filling it in for one person.
+
+A notice lives in templates/notices/<name>/ as Jinja2 templates (subject.txt,
+preheader.txt, greeting.txt, body.html, body.txt, inapp.html). Freezing renders them in
+the campaign's language with the campaign's values; what differs per person is rendered
+as a marker (`__demur_<slot>__`) and filled in at send time, escaped for HTML where the
+text is HTML. Filling in is one `str.format_map` per text, so a frozen version renders
+for a recipient in microseconds and reads exactly as it did when it was frozen, whatever
+happens to the templates and catalogs later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from html import escape
+from pathlib import Path
+
+import css_inline
+from babel.dates import format_date
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.template import engines
+from django.utils import translation
+from jinja2 import Environment
+from markupsafe import Markup
+
+from campaigns.models import Campaign, NoticeVersion
+from optout.links import LinkClaims, objection_url, unsubscribe_url
+
+TEMPLATE_FILES = ("subject.txt", "preheader.txt", "greeting.txt", "body.html", "body.txt", "inapp.html")
+SLOTS = ("greeting", "name", "object_url", "unsubscribe_url", "objected_on")
+_MARKER = "__demur_{}__"
+_MARKER_RE = re.compile(r"__demur_([a-z_]+?)__")
+MARKERS = {slot: _MARKER.format(slot) for slot in SLOTS}
+
+# Fields of NoticeVersion that hold frozen text, in the order the content hash reads them.
+TEXT_FIELDS = (
+    "subject",
+    "preheader",
+    "body_html",
+    "body_text",
+    "inapp_body",
+    "objected_subject",
+    "objected_preheader",
+    "objected_body_html",
+    "objected_body_text",
+    "objected_inapp_body",
+)
+
+
+class NoticeNotReady(ValueError):
+    """The campaign lacks a value the notice needs, or a value contains a marker."""
+
+
+@dataclass(frozen=True)
+class RenderedNotice:
+    """A notice as one person receives it."""
+
+    language: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    inapp: str
+
+
+def _env(*, html: bool) -> Environment:
+    env = engines["jinja2"].env
+    return env if html else _text_env(env)
+
+
+@lru_cache(maxsize=4)
+def _text_env(env: Environment) -> Environment:
+    # Subjects and text bodies are not HTML: the same environment without autoescape.
+    return env.overlay(autoescape=False)
+
+
+def _template_sources(template: str) -> dict[str, str]:
+    env = _env(html=True)
+    return {name: env.loader.get_source(env, f"notices/{template}/{name}")[0] for name in TEMPLATE_FILES}
+
+
+def template_hash(template: str) -> str:
+    """The hash of the notice's template files, as they are now."""
+    digest = hashlib.sha256()
+    for name, source in _template_sources(template).items():
+        digest.update(f"{name}\0{len(source.encode())}\0".encode())
+        digest.update(source.encode())
+    return digest.hexdigest()
+
+
+def catalog_path(language: str) -> Path:
+    return Path(settings.LOCALE_PATHS[0]) / language / "LC_MESSAGES" / "django.po"
+
+
+def catalog_hash(language: str) -> str:
+    """The hash of the language's catalog (.po), or "" when the language has none."""
+    path = catalog_path(language)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def content_hash(version: NoticeVersion) -> str:
+    payload = {field: getattr(version, field) for field in TEXT_FIELDS}
+    payload.update(language=version.language, direction=version.direction, greetings=version.greetings)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _campaign_values(campaign: Campaign, language: str) -> dict[str, str]:
+    missing = [
+        field
+        for field in ("controller_name", "product_name", "training_starts_on", "dpo_email", "contact_email", "policy_url")
+        if not getattr(campaign, field)
+    ]
+    if missing:
+        raise NoticeNotReady(f"campaign {campaign.pk} lacks {', '.join(missing)}")
+    values = {
+        "controller": campaign.controller_name,
+        "product": campaign.product_name,
+        "start_date": format_date(campaign.training_starts_on, format="long", locale=language),
+        "dpo_email": campaign.dpo_email,
+        "contact_email": campaign.contact_email,
+        "policy_url": campaign.policy_url,
+    }
+    for key, value in values.items():
+        if "__demur_" in value:
+            raise NoticeNotReady(f"campaign {campaign.pk}: {key} must not contain '__demur_'")
+    return values
+
+
+def _mailto(address: str) -> Markup:
+    return Markup('<a href="mailto:{0}">{0}</a>').format(address)
+
+
+def _link(url: str) -> Markup:
+    return Markup('<a href="{0}">{0}</a>').format(url)
+
+
+def _render(template: str, name: str, context: dict, *, html: bool) -> str:
+    return _env(html=html).get_template(f"notices/{template}/{name}").render(context).strip()
+
+
+def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
+    """Render the campaign's notice in one language, unsaved: a preview, or what
+    `notice_versions_freeze` stores."""
+    template = campaign.notice_template
+    values = _campaign_values(campaign, language)
+    with translation.override(language):
+        direction = "rtl" if translation.get_language_bidi() else "ltr"
+        base = {
+            **values,
+            "lang": language,
+            "dir": direction,
+            "greeting": MARKERS["greeting"],
+            "object_url": MARKERS["object_url"],
+            "unsubscribe_url": MARKERS["unsubscribe_url"],
+            "objected_on": MARKERS["objected_on"],
+            "mailto": _mailto,
+            "link": _link,
+        }
+        greetings = {
+            "named": _render(template, "greeting.txt", {"name": MARKERS["name"]}, html=False),
+            "anonymous": _render(template, "greeting.txt", {"name": ""}, html=False),
+        }
+        texts: dict[str, str] = {}
+        for prefix, already_objected in (("", False), ("objected_", True)):
+            context = {**base, "already_objected": already_objected}
+            context["subject"] = _render(template, "subject.txt", context, html=False)
+            context["preheader"] = _render(template, "preheader.txt", context, html=False)
+            texts[prefix + "subject"] = context["subject"]
+            texts[prefix + "preheader"] = context["preheader"]
+            texts[prefix + "body_html"] = css_inline.inline(
+                _render(template, "body.html", context, html=True), keep_style_tags=False
+            )
+            texts[prefix + "body_text"] = _render(template, "body.txt", context, html=False) + "\n"
+            texts[prefix + "inapp_body"] = _render(template, "inapp.html", context, html=True)
+    version = NoticeVersion(
+        campaign=campaign,
+        language=language,
+        direction=direction,
+        greetings=greetings,
+        template_name=template,
+        template_hash=template_hash(template),
+        catalog_hash=catalog_hash(language),
+        **texts,
+    )
+    version.content_hash = content_hash(version)
+    return version
+
+
+# --- Filling in a frozen version for one person ---------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _format_string(text: str) -> str:
+    """The frozen text as a str.format template: braces doubled, markers as {slot}."""
+    parts = _MARKER_RE.split(text)
+    out = []
+    for index, part in enumerate(parts):
+        if index % 2:
+            out.append("{" + part + "}")
+        else:
+            out.append(part.replace("{", "{{").replace("}", "}}"))
+    return "".join(out)
+
+
+def objected_on_display(day: dt.date, language: str) -> str:
+    return format_date(day, format="long", locale=language)
+
+
+def notice_personalise(
+    version: NoticeVersion,
+    *,
+    name: str,
+    object_url: str,
+    unsubscribe_url: str,
+    objected_on: dt.date | None = None,
+) -> RenderedNotice:
+    """The frozen version with one person's values. `objected_on` (the date of their
+    earlier objection) selects the "you have already objected" variant."""
+    greetings = version.greetings
+    greeting = greetings["named"].replace(MARKERS["name"], name) if name else greetings["anonymous"]
+    objected_text = objected_on_display(objected_on, version.language) if objected_on else ""
+    plain = {
+        "greeting": greeting,
+        "name": name,
+        "object_url": object_url,
+        "unsubscribe_url": unsubscribe_url,
+        "objected_on": objected_text,
+    }
+    escaped = {key: escape(value) for key, value in plain.items()}
+    if objected_on:
+        subject, preheader = version.objected_subject, version.objected_preheader
+        html, text, inapp = version.objected_body_html, version.objected_body_text, version.objected_inapp_body
+    else:
+        subject, preheader = version.subject, version.preheader
+        html, text, inapp = version.body_html, version.body_text, version.inapp_body
+    return RenderedNotice(
+        language=version.language,
+        subject=subject,
+        preheader=preheader,
+        html=_format_string(html).format_map(escaped),
+        text=_format_string(text).format_map(plain),
+        inapp=_format_string(inapp).format_map(escaped),
+    )
+
+
+def notice_links(version: NoticeVersion, *, subject_id: str, email: str = "") -> tuple[str, str]:
+    """The signed objection and unsubscribe links of one person for this version."""
+    campaign = version.campaign
+    claims = LinkClaims(
+        subject_id=subject_id,
+        purpose=campaign.purpose.slug,
+        language=version.language,
+        campaign_id=campaign.pk,
+        notice_version_id=version.pk,
+        email=email,
+    )
+    return objection_url(claims), unsubscribe_url(claims)
+
+
+def notice_email(
+    version: NoticeVersion,
+    *,
+    to: str,
+    name: str,
+    subject_id: str,
+    objected_on: dt.date | None = None,
+    connection=None,
+) -> EmailMultiAlternatives:
+    """The notice mail for one person: text and HTML parts, and the one-click
+    unsubscribe headers (RFC 8058)."""
+    object_link, unsubscribe_link = notice_links(version, subject_id=subject_id, email=to)
+    notice = notice_personalise(
+        version, name=name, object_url=object_link, unsubscribe_url=unsubscribe_link, objected_on=objected_on
+    )
+    message = EmailMultiAlternatives(
+        subject=notice.subject,
+        body=notice.text,
+        to=[to],
+        headers={
+            "List-Unsubscribe": f"<{unsubscribe_link}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Content-Language": version.language,
+            "X-Demur-Notice-Version": f"{version.pk}:{version.content_hash}",
+        },
+        connection=connection,
+    )
+    message.attach_alternative(notice.html, "text/html")
+    return message
