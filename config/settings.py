@@ -242,7 +242,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "optout.api.exception_handler",
 }
+# Requests per API key, for all endpoints together ("<n>/<second|minute|hour|day>"; empty: no limit).
+DEMUR_API_THROTTLE_RATE = env_str("DEMUR_API_THROTTLE_RATE", "1200/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Demur objection API",
     "VERSION": "1.0.0",

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
-from optout.models import ObjectionEvent, ObjectionState, Purpose
+from optout.models import ApiClient, ApiScope, ObjectionEvent, ObjectionState, Purpose
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -50,3 +54,50 @@ class ObjectionStateAdmin(ReadOnlyAdmin):
     list_select_related = ["purpose"]
     show_full_result_count = False
     ordering = ["-updated_at"]
+
+
+class ApiClientForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        label=_("scopes"), choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple, required=True
+    )
+
+    class Meta:
+        model = ApiClient
+        fields = ("name", "scopes", "expiry_date", "revoked")
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(APIKeyModelAdmin):
+    """Keys are shown once, on creation; afterwards only their prefix. Revoking is final."""
+
+    form = ApiClientForm
+    list_display = ("prefix", "name", "scopes", "created", "last_used_at", "expiry_date", "revoked")
+    list_filter = ("revoked", "created")
+    actions = ("revoke",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "last_used_at"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change:
+            obj.save()
+            return
+        key = ApiClient.objects.assign_key(obj)
+        obj.save()
+        messages.warning(
+            request,
+            gettext("The API key for {name} is: {key} — store it somewhere safe now: it will not be shown again.").format(
+                name=obj.name, key=key
+            ),
+        )
+
+    @admin.action(description=_("Revoke the selected API keys"), permissions=["change"])
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked=False).update(revoked=True)
+        messages.success(
+            request, ngettext("{count} API key revoked.", "{count} API keys revoked.", count).format(count=count)
+        )
+
+
+# The library's own key model is unused: Demur's keys are ApiClient rows, with scopes.
+admin.site.unregister(APIKey)

@@ -247,3 +247,93 @@ def _state_problems() -> list[LedgerProblem]:
             continue
         problems.append(LedgerProblem(None, state.receipt, state.subject_id, reason))
     return problems
+
+
+# --- The API's reads -------------------------------------------------------------------
+
+# The feed builds each event's JSON inside PostgreSQL: a page of 10,000 events then costs
+# one text column per row in Python instead of seven converted values and a dict.
+# Timestamps use the same form as optout.ledger.format_timestamp.
+_TS = """to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+_FEED_JSON_POSTGRES = f"""
+    SELECT json_build_object(
+               'id', e.uuid, 'subject_id', e.subject_id, 'purpose', p.slug, 'action', e.action,
+               'received_at', {_TS.format(col="e.received_at")},
+               'effective_at', {_TS.format(col="e.effective_at")}, 'source', e.source
+           )::text, e.xid, e.id
+    FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
+    WHERE (e.xid, e.id) > (%s, %s)
+      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+      {{purpose_filter}}
+    ORDER BY e.xid, e.id
+    LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class FeedJsonPage:
+    events_json: str  # a JSON array of the page's events
+    count: int
+    next_cursor: Cursor
+    has_more: bool
+
+
+def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) -> FeedJsonPage:
+    """feed_page() with the events already encoded as a JSON array, for the API.
+
+    Same rows, same order and the same never-skip horizon as feed_page()."""
+    if connection.vendor != "postgresql":
+        import json
+        import uuid
+
+        from optout.ledger import format_timestamp
+
+        page = feed_page(cursor=cursor, limit=limit, purpose=purpose)
+        events = [
+            {
+                "id": str(uuid.UUID(str(row.uuid))), "subject_id": row.subject_id, "purpose": row.purpose,
+                "action": row.action, "received_at": format_timestamp(row.received_at),
+                "effective_at": format_timestamp(row.effective_at), "source": row.source,
+            }
+            for row in page.rows
+        ]
+        return FeedJsonPage(json.dumps(events), len(events), page.next_cursor, page.has_more)
+    purpose_filter = "AND p.slug = %s" if purpose else ""
+    params: list[object] = [cursor.xid, cursor.id, *([purpose] if purpose else []), limit]
+    with connection.cursor() as db:
+        db.execute(_FEED_JSON_POSTGRES.format(purpose_filter=purpose_filter), params)
+        raw = db.fetchall()
+    if not raw:
+        return FeedJsonPage("[]", 0, cursor, False)
+    _, last_xid, last_id = raw[-1]
+    events_json = "[" + ",".join([row[0] for row in raw]) + "]"
+    return FeedJsonPage(events_json, len(raw), Cursor(last_xid or 0, last_id), len(raw) == limit)
+
+
+def objection_check(*, purpose_id: int, subject_ids: list[str]) -> dict[str, datetime]:
+    """The effective date of each of `subject_ids` who currently objects; others are absent."""
+    if connection.vendor == "postgresql":
+        # One array parameter instead of 10,000 placeholders; served by optout_state_objected.
+        with connection.cursor() as db:
+            db.execute(
+                "SELECT subject_id, effective_at FROM optout_objectionstate"
+                " WHERE purpose_id = %s AND objected AND subject_id = ANY(%s)",
+                [purpose_id, subject_ids],
+            )
+            return dict(db.fetchall())
+    return dict(
+        ObjectionState.objects.filter(purpose_id=purpose_id, objected=True, subject_id__in=subject_ids)
+        .values_list("subject_id", "effective_at")
+    )
+
+
+def objectors_iter(*, purpose_id: int, chunk_size: int = 5000):
+    """Everyone currently objecting to the purpose, by subject id, streamed from a
+    server-side cursor on PostgreSQL so memory stays flat however many there are.
+    Yields (subject_id, received_at, effective_at, source)."""
+    return (
+        ObjectionState.objects.filter(purpose_id=purpose_id, objected=True)
+        .order_by("subject_id")
+        .values_list("subject_id", "received_at", "effective_at", "source")
+        .iterator(chunk_size=chunk_size)
+    )
