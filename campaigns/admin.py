@@ -54,7 +54,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         url = reverse("admin:campaigns_campaign_notice_preview", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, gettext("Preview the notice in every language"))
+        return format_html('<a href="{}">{}</a>', url, gettext("Notice preview"))
 
     @admin.action(description=_("Freeze the notice in every language"))
     def freeze_notices(self, request: HttpRequest, queryset) -> None:
@@ -64,7 +64,7 @@ class CampaignAdmin(admin.ModelAdmin):
             except NoticeNotReady:
                 self.message_user(
                     request,
-                    gettext("%(campaign)s lacks values the notice needs.") % {"campaign": campaign},
+                    "%s: %s" % (campaign, gettext("The campaign lacks values the notice needs: fill in every field under “Notice”.")),
                     messages.ERROR,
                 )
                 continue
@@ -196,7 +196,7 @@ class NoticeVersionAdmin(admin.ModelAdmin):
     )
     exclude = ("body_html", "objected_body_html", "objected_preheader", "objected_inapp_body", "greetings", "direction")
 
-    @admin.display(description=_("as the person saw it"))
+    @admin.display(description=_("Mail (HTML)"))
     def as_sent(self, obj: NoticeVersion) -> str:
         notice = notice_personalise(
             obj, name=SAMPLE_NAME, object_url=SAMPLE_OBJECT_URL, unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL

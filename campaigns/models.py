@@ -30,7 +30,6 @@ class Campaign(models.Model):
         _("notice template"),
         max_length=64,
         default="ai-training",
-        help_text=_("The folder under templates/notices/ that holds the notice."),
     )
     controller_name = models.CharField(_("controller"), max_length=200, blank=True)
     product_name = models.CharField(_("product name"), max_length=100, blank=True)

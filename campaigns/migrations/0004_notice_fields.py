@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='campaign',
             name='notice_template',
-            field=models.SlugField(default='ai-training', help_text='The folder under templates/notices/ that holds the notice.', max_length=64, verbose_name='notice template'),
+            field=models.SlugField(default='ai-training', max_length=64, verbose_name='notice template'),
         ),
         migrations.AddField(
             model_name='campaign',
