@@ -25,6 +25,9 @@ class ReasonField(forms.CharField):
 
 
 class ObjectForm(forms.Form):
+    # Sent by the page's button. A body without it (empty, or garbage a parser reduced to
+    # nothing) is not a person pressing the button, and records nothing.
+    object = forms.ChoiceField(choices=[("yes", "yes")], widget=forms.HiddenInput)
     reason = ReasonField()
 
 

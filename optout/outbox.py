@@ -10,6 +10,7 @@ changed), so two workers, or a task and the sweep, never send the same mail twic
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 from django.conf import settings
@@ -63,8 +64,19 @@ def outbox_add(
 
 
 def outbox_enqueue(*, message_id: int) -> None:
-    """Hand the send to Celery. A broker that cannot be reached is not an error here:
-    the row is pending and the sweep sends it once the broker is back."""
+    """Hand the send to Celery. With a broker, publishing happens on a short-lived
+    thread: redis-py retries an unreachable broker for seconds, and the person's answer
+    must not wait for that. A publish that fails is not an error: the row stays pending
+    and the sweep sends it once the broker is back."""
+    from optout.tasks import outbox_send_task
+
+    if outbox_send_task.app.conf.task_always_eager:
+        _publish(message_id)
+    else:
+        threading.Thread(target=_publish, args=(message_id,), name="outbox-enqueue", daemon=True).start()
+
+
+def _publish(message_id: int) -> None:
     from optout.tasks import outbox_send_task
 
     try:

@@ -150,6 +150,8 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
             return _too_large(request)
         except BadLink as exc:
             return _bad_link(request, exc)
+        if "object" in form.errors:
+            return _not_understood(request)
         if not form.is_valid():
             return page(
                 request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400
@@ -213,13 +215,7 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
             flows.link_object(claims=claims, reason="", language=language)
             done = "objected"
         else:
-            return error_page(
-                request,
-                status=400,
-                title=_("We could not understand that request"),
-                message=_("Please use the buttons on the page."),
-                offer_form=False,
-            )
+            return _not_understood(request)
 
     state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
     history = objection_history(subject_id=claims.subject_id, purpose=claims.purpose)
@@ -274,6 +270,16 @@ def public_form(request: HttpRequest) -> HttpResponse:
     )
     return page(
         request, "check_inbox.html", {"email": mask_email(email), "minutes": settings.DEMUR_VERIFY_MAX_AGE // 60}
+    )
+
+
+def _not_understood(request: HttpRequest) -> HttpResponse:
+    return error_page(
+        request,
+        status=400,
+        title=_("We could not understand that request"),
+        message=_("Please use the buttons on the page."),
+        offer_form=False,
     )
 
 
@@ -348,13 +354,7 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink as exc:
         return _bad_link(request, exc)
     if data.get("List-Unsubscribe") != "One-Click":
-        return error_page(
-            request,
-            status=400,
-            title=_("We could not understand that request"),
-            message=_("Please use the button on the page."),
-            offer_form=False,
-        )
+        return _not_understood(request)
     flows.unsubscribe(claims=claims)
     return page(request, "unsubscribe.html", {**context, "done": True})
 
