@@ -64,7 +64,7 @@ class CampaignAdmin(admin.ModelAdmin):
             except NoticeNotReady:
                 self.message_user(
                     request,
-                    "%s: %s" % (campaign, gettext("The campaign lacks values the notice needs: fill in every field under “Notice”.")),
+                    f"{campaign}: {gettext('The campaign lacks values the notice needs: fill in every field under “Notice”.')}",
                     messages.ERROR,
                 )
                 continue

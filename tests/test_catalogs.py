@@ -1,0 +1,175 @@
+"""The catalog check (scripts/i18n.py check): passes on the real catalogs, and fails on a
+temporary copy where one translation is removed, a placeholder is misspelt, a message is
+fuzzy, or a catalog does not parse."""
+
+from __future__ import annotations
+
+import gettext
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po, write_po
+from django.conf import settings
+
+from scripts import i18n
+
+ROOT = Path(__file__).resolve().parent.parent
+# optout/locale (the opt-out pages' catalogs, issue 4) joins this list once complete.
+CHECKED_ROOTS = ["locale"]
+
+
+@pytest.fixture
+def copy(tmp_path) -> Path:
+    """The sources and catalogs of the top-level root, copied."""
+    for name in ("config", "campaigns", "templates", "locale"):
+        shutil.copytree(
+            ROOT / name,
+            tmp_path / name,
+            ignore=shutil.ignore_patterns("*.mo", "__pycache__"),
+        )
+    return tmp_path
+
+
+def _edit(base: Path, language: str, msgid: str, change) -> None:
+    path = base / "locale" / language / "LC_MESSAGES" / "django.po"
+    catalog = read_po(path.open("rb"))
+    change(catalog[msgid])
+    write_po(path.open("wb"), catalog, width=100)
+
+
+def test_it_knows_the_same_languages_as_the_settings():
+    assert list(i18n.LANGUAGES) == [code for code, _name in settings.LANGUAGES]
+
+
+@pytest.mark.parametrize("root", CHECKED_ROOTS)
+def test_it_finds_every_catalog_complete(root):
+    assert i18n.check_root(ROOT, i18n.ROOTS[root]) == []
+
+
+def test_it_passes_on_an_untouched_copy(copy):
+    assert i18n.check_root(copy, i18n.ROOTS["locale"]) == []
+
+
+def test_it_fails_when_one_translation_is_removed(copy):
+    _edit(
+        copy, "fi", "What we will use", lambda message: setattr(message, "string", "")
+    )
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert len(problems) == 1
+    assert (
+        "locale/fi/LC_MESSAGES/django.po" in problems[0]
+        and "'What we will use' is untranslated" in problems[0]
+    )
+
+
+def test_it_fails_when_a_placeholder_is_misspelt(copy):
+    msgid = "Your information and AI at %(product)s"
+    _edit(
+        copy,
+        "pl",
+        msgid,
+        lambda message: setattr(
+            message, "string", message.string.replace("%(product)s", "%(produkt)s")
+        ),
+    )
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert any(
+        "locale/pl/" in p and "['produkt']" in p and "['product']" in p
+        for p in problems
+    ), problems
+
+
+def test_it_fails_when_a_brace_placeholder_is_misspelt(copy):
+    # Python code may use {name}; the check reads both styles.
+    _edit(
+        copy,
+        "sv",
+        "Hello %(name)s,",
+        lambda message: setattr(message, "string", "Hej {namn},"),
+    )
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert any("locale/sv/" in p and "['namn']" in p for p in problems), problems
+
+
+def test_it_fails_when_a_translation_is_fuzzy(copy):
+    _edit(copy, "de", "Why we use it", lambda message: message.flags.add("fuzzy"))
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert any("locale/de/" in p and "is fuzzy" in p for p in problems), problems
+
+
+def test_it_fails_when_a_catalog_does_not_parse(copy):
+    path = copy / "locale" / "cs" / "LC_MESSAGES" / "django.po"
+    path.write_text(path.read_text() + '\nmsgid "broken\n')
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert any("locale/cs/" in p and "does not parse" in p for p in problems), problems
+
+
+def test_it_fails_when_a_source_message_is_not_in_the_catalogs(copy):
+    body = copy / "templates" / "notices" / "ai-training" / "body.txt"
+    body.write_text(body.read_text() + '{{ _("A sentence nobody extracted") }}\n')
+
+    problems = i18n.check_root(copy, i18n.ROOTS["locale"])
+
+    assert any(
+        "not in the catalog" in p and "A sentence nobody extracted" in p
+        for p in problems
+    )
+
+
+def test_it_extracts_python_jinja2_and_django_templates_together(copy):
+    template = i18n.extract_template(copy, i18n.ROOTS["locale"])
+    sources = {location[0] for message in template for location in message.locations}
+
+    assert any(s.startswith("campaigns/") and s.endswith(".py") for s in sources)
+    assert any(s.startswith("config/") for s in sources)
+    assert any(s.startswith("templates/notices/") for s in sources)
+    assert any(s.startswith("templates/django/") for s in sources)
+    assert template.get("Object", context="button") is not None
+    assert (
+        template.get(("%(count)s message missing", "%(count)s messages missing"))
+        is not None
+    )
+
+
+def test_it_compiles_catalogs_that_gettext_reads_and_the_command_exits_nonzero_on_problems(
+    copy,
+):
+    compiled = i18n.compile_root(copy, i18n.ROOTS["locale"])
+    assert len(compiled) == len(i18n.LANGUAGES)
+    german = gettext.translation("django", str(copy / "locale"), ["de"])
+    assert german.gettext("What we will use") == "Was wir verwenden"
+
+    script = [
+        sys.executable,
+        str(ROOT / "scripts" / "i18n.py"),
+        "--base",
+        str(copy),
+        "--root",
+        "locale",
+    ]
+    assert (
+        subprocess.run(
+            [*script[:2], "check", *script[2:]], capture_output=True
+        ).returncode
+        == 0
+    )
+    _edit(
+        copy, "fi", "What we will use", lambda message: setattr(message, "string", "")
+    )
+    failed = subprocess.run(
+        [*script[:2], "check", *script[2:]], capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "untranslated" in failed.stdout
