@@ -199,6 +199,14 @@ class SubjectIdListField(serializers.Field):
                         index=index, max=SUBJECT_ID_MAX
                     )
                 )
+        # One pass in C over all ids for what PostgreSQL cannot store: NUL and lone surrogates.
+        try:
+            joined = "\n".join(data)
+            joined.encode()
+        except UnicodeEncodeError:
+            raise serializers.ValidationError(_("Subject ids must be valid Unicode text.")) from None
+        if "\x00" in joined:
+            raise serializers.ValidationError(_("Subject ids cannot contain NUL characters."))
         return data
 
     def to_representation(self, value):
@@ -289,6 +297,8 @@ def _ts(value) -> str | None:
 
 def _purpose(slug: str | None) -> Purpose:
     slug = slug or settings.DEMUR_DEFAULT_PURPOSE
+    if "\x00" in slug:
+        raise BadRequest(_("A purpose cannot contain NUL characters."), code="unknown_purpose")
     purpose = Purpose.objects.filter(slug=slug).first()
     if purpose is None:
         raise BadRequest(_("Unknown purpose: {purpose}.").format(purpose=slug), code="unknown_purpose")
@@ -452,9 +462,14 @@ class SubjectView(ApiView):
         operation_id="objections_subject",
         summary=str(_("One subject's current answer and history")),
         parameters=[PURPOSE_PARAM],
-        responses={200: SubjectOutputSerializer, **COMMON_ERRORS},
+        responses={200: SubjectOutputSerializer, 404: _ERROR, **COMMON_ERRORS},
     )
     def get(self, request, subject_id: str):
+        if len(subject_id) > SUBJECT_ID_MAX or "\x00" in subject_id:
+            raise BadRequest(
+                _("A subject id is a string of 1 to {max} characters.").format(max=SUBJECT_ID_MAX),
+                code="bad_subject_id",
+            )
         purpose = _purpose(request.query_params.get("purpose"))
         state = objection_state_get(subject_id=subject_id, purpose=purpose.slug)
         history = objection_history(subject_id=subject_id, purpose=purpose.slug)
@@ -518,9 +533,9 @@ class RecordObjectionView(ApiView):
         values = data.validated_data
         purpose = _purpose(values.get("purpose"))
         key = request.headers.get("Idempotency-Key", "").strip()
-        if len(key) > IDEMPOTENCY_KEY_MAX:
+        if len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
             raise BadRequest(
-                _("An Idempotency-Key may have at most {max} characters.").format(max=IDEMPOTENCY_KEY_MAX),
+                _("An Idempotency-Key is printable text of at most {max} characters.").format(max=IDEMPOTENCY_KEY_MAX),
                 code="bad_idempotency_key",
             )
         try:

@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from django.db import connection
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 from django.urls import reverse
 
@@ -367,3 +367,17 @@ def test_the_admin_shows_a_new_key_once_and_revokes_keys(admin_client, client, p
         {"action": "revoke", "_selected_action": [api_client.pk]},
     )
     assert call(client, "get", "/api/v1/objections/changes", key=key).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("get", "/api/v1/objections/a%00b", None),
+        ("get", "/api/v1/objections/someone?purpose=a%00b", None),
+        ("get", "/api/v1/objections/export?purpose=a%00b", None),
+        ("post", "/api/v1/objections/check", {"subject_ids": ["a\x00b"]}),
+        ("post", "/api/v1/objections/check", {"subject_ids": ["\ud800"]}),
+    ],
+)
+def test_text_the_database_cannot_store_is_a_400_not_a_500(client, read_key, method, url, body):
+    assert_error(call(client, method, url, key=read_key, body=body), 400)

@@ -1,0 +1,271 @@
+"""Demur reference client for training pipelines: a local SQLite copy of who objects.
+
+Standard library only (urllib, gzip, json, sqlite3); copy this one file into a pipeline.
+
+    mirror = ObjectionMirror("https://demur.example", api_key, "objections.sqlite3")
+    mirror.sync()                        # first run: snapshot; later runs: the change feed
+    if not mirror.is_objected("user-42"):
+        train_on("user-42")
+    usable = mirror.allowed(batch_of_ids)  # the ids that may be used, in input order
+
+The first sync downloads the snapshot (`/api/v1/objections/export`) and the cursor it is
+consistent with; every later sync follows the change feed (`/api/v1/objections/changes`)
+from the stored cursor, so nothing is missed between the two. Each page of events and the
+cursor after it are committed together, so a crash never leaves the copy ahead of or
+behind its cursor.
+
+It fails closed. When the API cannot be reached or answers with an error, `sync()` raises
+`DemurUnavailable`, and once the copy is older than `max_staleness` seconds (or has
+never been synced) `is_objected()` answers True for everyone and `allowed()` returns
+nothing: an unreachable API means "not allowed to train", never "no objection".
+
+Command line:
+
+    DEMUR_API_KEY=... python demur_client.py --url https://demur.example --db objections.sqlite3 sync
+    DEMUR_API_KEY=... python demur_client.py --url ... --db ... check user-1 user-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
+
+__all__ = ["DemurUnavailable", "ObjectionMirror"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+"""
+
+
+class DemurUnavailable(Exception):
+    """The API could not be reached or refused the request: treat everyone as objecting."""
+
+
+class ObjectionMirror:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        path: str,
+        *,
+        purpose: str = "ai-training",
+        max_staleness: float = 900.0,
+        timeout: float = 60.0,
+        page_limit: int = 10_000,
+        max_retries: int = 5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.purpose = purpose
+        self.max_staleness = max_staleness
+        self.timeout = timeout
+        self.page_limit = page_limit
+        self.max_retries = max_retries
+        self.db = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        self.db.executescript(_SCHEMA)
+        stored = self._meta("purpose")
+        if stored is not None and stored != purpose:
+            raise ValueError(f"{path} holds objections for {stored!r}, not {purpose!r}")
+
+    # --- Answers --------------------------------------------------------------------------
+
+    def is_fresh(self) -> bool:
+        """True when the last complete sync finished less than max_staleness seconds ago."""
+        synced_at = self._meta("synced_at")
+        return synced_at is not None and time.time() - float(synced_at) <= self.max_staleness
+
+    def is_objected(self, subject_id: str) -> bool:
+        """Whether this person's data must be left out. True for everyone when the copy is stale."""
+        if not self.is_fresh():
+            return True
+        row = self.db.execute("SELECT 1 FROM objectors WHERE subject_id = ?", (subject_id,)).fetchone()
+        return row is not None
+
+    def allowed(self, subject_ids: Iterable[str]) -> list[str]:
+        """The ids that may be used, in input order; none at all when the copy is stale."""
+        ids = list(subject_ids)
+        if not self.is_fresh():
+            return []
+        objecting: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT subject_id FROM objectors WHERE subject_id IN ({marks})", chunk)
+            objecting.update(subject_id for (subject_id,) in rows)
+        return [subject_id for subject_id in ids if subject_id not in objecting]
+
+    def objector_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM objectors").fetchone()[0]
+
+    # --- Sync -----------------------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Bring the copy up to date; returns the number of events applied (or snapshot rows).
+
+        Raises DemurUnavailable when the API cannot be used; the copy then goes stale."""
+        applied = 0
+        if self._meta("cursor") is None:
+            applied += self._snapshot()
+        while True:
+            cursor = self._meta("cursor") or ""
+            query = urllib.parse.urlencode({"purpose": self.purpose, "cursor": cursor, "limit": self.page_limit})
+            headers = {}
+            etag = self._meta("etag")
+            if etag and self._meta("etag_cursor") == cursor:
+                headers["If-None-Match"] = etag
+            status, response_headers, body = self._request(f"/api/v1/objections/changes?{query}", headers)
+            if status == 304:
+                break
+            page = json.loads(body)
+            self._apply(page["events"], page["next_cursor"], response_headers.get("ETag"), cursor)
+            applied += len(page["events"])
+            if not page["has_more"]:
+                break
+        self._set_meta({"synced_at": repr(time.time())})
+        return applied
+
+    def _snapshot(self) -> int:
+        query = urllib.parse.urlencode({"purpose": self.purpose})
+        request = self._build(f"/api/v1/objections/export?{query}", {"Accept-Encoding": "gzip"})
+        try:
+            with self._open(request) as response:
+                stream = gzip.GzipFile(fileobj=response) if response.headers.get("Content-Encoding") == "gzip" else response
+                return self._load_snapshot(_lines(stream))
+        except (OSError, ValueError, EOFError) as exc:  # URLError, timeouts, a truncated gzip stream
+            raise DemurUnavailable(f"snapshot failed: {exc}") from exc
+
+    def _load_snapshot(self, lines: Iterator[bytes]) -> int:
+        count, trailer, batch = 0, None, []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM objectors")
+            for line in lines:
+                record = json.loads(line)
+                if "next_cursor" in record:
+                    trailer = record
+                    break
+                batch.append((record["subject_id"], record["effective_at"]))
+                if len(batch) >= 10_000:
+                    self.db.executemany("INSERT OR REPLACE INTO objectors VALUES (?, ?)", batch)
+                    count, batch = count + len(batch), []
+            self.db.executemany("INSERT OR REPLACE INTO objectors VALUES (?, ?)", batch)
+            count += len(batch)
+            if trailer is None or trailer["count"] != count:
+                raise DemurUnavailable("the snapshot was cut off before its last line")
+            self._write_meta({"cursor": trailer["next_cursor"], "purpose": self.purpose})
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return count
+
+    def _apply(self, events: list[dict], next_cursor: str, etag: str | None, cursor: str) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for event in events:
+                if event["action"] == "objected":
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO objectors VALUES (?, ?)", (event["subject_id"], event["effective_at"])
+                    )
+                else:
+                    self.db.execute("DELETE FROM objectors WHERE subject_id = ?", (event["subject_id"],))
+            self._write_meta({"cursor": next_cursor, "etag": etag or "", "etag_cursor": cursor})
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _build(self, path: str, headers: dict[str, str]) -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json", **headers}
+        return urllib.request.Request(self.base_url + path, headers=headers)
+
+    def _open(self, request: urllib.request.Request):
+        """urlopen with retries on 429 (after Retry-After) and on 503; any other failure raises."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return urllib.request.urlopen(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                if exc.code in (429, 503) and attempt < self.max_retries:
+                    time.sleep(min(float(exc.headers.get("Retry-After") or 1), 60.0))
+                    continue
+                if exc.code == 304:
+                    raise
+                raise DemurUnavailable(f"{request.full_url}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
+        raise AssertionError("unreachable")
+
+    def _request(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        try:
+            with self._open(self._build(path, headers)) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 304:
+                return 304, dict(exc.headers), b""
+            raise DemurUnavailable(f"HTTP {exc.code}") from exc
+        except (OSError, ValueError) as exc:
+            raise DemurUnavailable(f"{path}: {exc}") from exc
+
+    # --- Local state ----------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _write_meta(self, values: dict[str, str]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def _set_meta(self, values: dict[str, str]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self._write_meta(values)
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _lines(stream) -> Iterator[bytes]:
+    for line in stream:
+        if line.strip():
+            yield line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Keep a local copy of Demur objections in SQLite.")
+    parser.add_argument("--url", required=True, help="Demur's base URL")
+    parser.add_argument("--db", required=True, help="the SQLite file to keep")
+    parser.add_argument("--purpose", default="ai-training")
+    parser.add_argument("--key-env", default="DEMUR_API_KEY", help="environment variable holding the API key")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sync", help="snapshot on first use, then follow the change feed")
+    check = commands.add_parser("check", help="print each id with 'allowed' or 'excluded'")
+    check.add_argument("subject_ids", nargs="+")
+    args = parser.parse_args(argv)
+
+    mirror = ObjectionMirror(args.url, os.environ.get(args.key_env, ""), args.db, purpose=args.purpose)
+    if args.command == "sync":
+        try:
+            applied = mirror.sync()
+        except DemurUnavailable as exc:
+            print(f"sync failed, the copy is not fresh: {exc}", file=sys.stderr)
+            return 1
+        print(f"{applied} changes applied; {mirror.objector_count()} objectors")
+        return 0
+    allowed = set(mirror.allowed(args.subject_ids))
+    for subject_id in args.subject_ids:
+        print(subject_id, "allowed" if subject_id in allowed else "excluded")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
