@@ -214,6 +214,23 @@ def test_it_refuses_a_post_without_csrf_token_with_a_localized_403(purpose):
     assert ObjectionEvent.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "fetch_site, status", [("same-origin", 200), ("cross-site", 403), (None, 403)]
+)
+def test_it_accepts_the_null_origin_of_no_referrer_only_from_its_own_site(purpose, fetch_site, status):
+    """Referrer-Policy: no-referrer makes browsers send `Origin: null` on the page's own
+    form; Sec-Fetch-Site tells that apart from a post by another site."""
+    url = local(objection_url(claims()))
+    client = Client(enforce_csrf_checks=True)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).content.decode()).group(1)
+    headers = {"Origin": "null", **({"Sec-Fetch-Site": fetch_site} if fetch_site else {})}
+
+    response = client.post(url, {"csrfmiddlewaretoken": token, "object": "yes"}, headers=headers)
+
+    assert response.status_code == status
+    assert ObjectionEvent.objects.count() == (1 if status == 200 else 0)
+
+
 def test_it_refuses_an_oversized_post_with_413(purpose, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
     url = local(objection_url(claims()))
