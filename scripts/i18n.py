@@ -36,7 +36,7 @@ from babel.messages.extract import (
     extract_python,
 )
 from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po, write_po
+from babel.messages.pofile import PoFileError, read_po, write_po
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DOMAIN = "django"
@@ -56,15 +56,32 @@ KEYWORDS = {
     "pgettext_lazy": ((1, "c"), 2),
     "npgettext_lazy": ((1, "c"), 2, 3),
 }
-JINJA = ("jinja2.ext:babel_extract", {"extensions": "jinja2.ext.i18n", "silent": "false"})
-DJANGO = ("scripts.i18n:extract_django_template", {})
+JINJA = (
+    "jinja2.ext:babel_extract",
+    {"extensions": "jinja2.ext.i18n", "silent": "false"},
+)
 PYTHON = ("python", {})
+
+
+def extract_django_template(fileobj, keywords, comment_tags, options):
+    """Babel extraction method for Django templates: Django's templatize (what
+    makemessages feeds to xgettext) turns {% translate %} and {% blocktranslate %} into
+    gettext calls, which Babel's Python extractor then reads."""
+    from django.utils.translation.template import templatize
+
+    code = templatize(fileobj.read().decode("utf-8"))
+    yield from extract_python(
+        io.BytesIO(code.encode("utf-8")), keywords, comment_tags, options
+    )
+
+
+DJANGO = (extract_django_template, {})
 
 
 @dataclass(frozen=True)
 class Source:
     path: str  # a folder or a file, relative to the project
-    method: tuple[str, dict]
+    method: tuple
     pattern: str = "**.py"
 
 
@@ -94,17 +111,9 @@ ROOTS = {
     ),
 }
 
-PLACEHOLDER_RE = re.compile(r"%\((\w+)\)[#0 +-]*\d*(?:\.\d+)?[sdifr]|(?<!\{)\{(\w+)(?:![rsa])?(?::[^{}]*)?\}(?!\})")
-
-
-def extract_django_template(fileobj, keywords, comment_tags, options):
-    """Babel extraction method for Django templates: Django's templatize (what
-    makemessages feeds to xgettext) turns {% translate %} and {% blocktranslate %} into
-    gettext calls, which Babel's Python extractor then reads."""
-    from django.utils.translation.template import templatize
-
-    code = templatize(fileobj.read().decode("utf-8"))
-    yield from extract_python(io.BytesIO(code.encode("utf-8")), keywords, comment_tags, options)
+PLACEHOLDER_RE = re.compile(
+    r"%\((\w+)\)[#0 +-]*\d*(?:\.\d+)?[sdifr]|(?<!\{)\{(\w+)(?:![rsa])?(?::[^{}]*)?\}(?!\})"
+)
 
 
 def placeholders(text: str) -> set[str]:
@@ -117,8 +126,6 @@ def _catalog_file(base: Path, root: Root, language: str) -> Path:
 
 def extract_template(base: Path, root: Root) -> Catalog:
     """Every message of the root's sources, as a template catalog (a .pot in memory)."""
-    if str(base) not in sys.path:
-        sys.path.insert(0, str(base))
     template = Catalog(project="Demur", domain=DOMAIN, fuzzy=False)
     for source in root.sources:
         path = base / source.path
@@ -128,9 +135,14 @@ def extract_template(base: Path, root: Root) -> Catalog:
         if path.is_file():
             found = (
                 (str(path.relative_to(base)), *message)
-                for message in extract_from_file(method, str(path), keywords=KEYWORDS, options=options)
+                for message in extract_from_file(
+                    method, str(path), keywords=KEYWORDS, options=options
+                )
             )
-            results = ((filename, lineno, msg, comments, ctx) for filename, lineno, msg, comments, ctx in found)
+            results = (
+                (filename, lineno, msg, comments, ctx)
+                for filename, lineno, msg, comments, ctx in found
+            )
         else:
             results = (
                 (f"{source.path}/{filename}", lineno, msg, comments, ctx)
@@ -142,13 +154,19 @@ def extract_template(base: Path, root: Root) -> Catalog:
                 )
             )
         for filename, lineno, message, comments, context in results:
-            template.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
+            template.add(
+                message,
+                None,
+                [(filename, lineno)],
+                auto_comments=comments,
+                context=context,
+            )
     return template
 
 
-def _read(path: Path) -> Catalog:
+def _read(path: Path, *, strict: bool = False) -> Catalog:
     with path.open("rb") as handle:
-        return read_po(handle)
+        return read_po(handle, abort_invalid=strict)
 
 
 def extract(base: Path, root: Root) -> list[Path]:
@@ -159,15 +177,35 @@ def extract(base: Path, root: Root) -> list[Path]:
         if path.exists():
             catalog = _read(path)
         else:
-            catalog = Catalog(locale=Locale.parse(language), project="Demur", domain=DOMAIN, fuzzy=False)
-        catalog.update(copy.deepcopy(template), no_fuzzy_matching=True, update_header_comment=False)
+            catalog = Catalog(
+                locale=Locale.parse(language),
+                project="Demur",
+                domain=DOMAIN,
+                fuzzy=False,
+            )
+        catalog.update(
+            copy.deepcopy(template), no_fuzzy_matching=True, update_header_comment=False
+        )
         if language == SOURCE_LANGUAGE:
             for message in catalog:
-                if message.id and not message.string:
-                    message.string = message.id if isinstance(message.id, str) else tuple(message.id)
+                if isinstance(message.id, str) and not message.string:
+                    message.string = message.id
+                elif (
+                    message.id
+                    and not isinstance(message.id, str)
+                    and not any(message.string)
+                ):
+                    message.string = tuple(message.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
-            write_po(handle, catalog, width=100, ignore_obsolete=True, omit_header=False, sort_output=False)
+            write_po(
+                handle,
+                catalog,
+                width=100,
+                ignore_obsolete=True,
+                omit_header=False,
+                sort_output=False,
+            )
         written.append(path)
     return written
 
@@ -194,7 +232,11 @@ def check_root(base: Path, root: Root) -> list[str]:
     """Every problem of the root's catalogs, one line each; empty when all is well."""
     problems: list[str] = []
     template = extract_template(base, root)
-    wanted = {(message.context, message.id if isinstance(message.id, str) else message.id[0]) for message in template if message.id}
+    wanted = {
+        (message.context, message.id if isinstance(message.id, str) else message.id[0])
+        for message in template
+        if message.id
+    }
     for language in LANGUAGES:
         path = _catalog_file(base, root, language)
         where = str(path.relative_to(base))
@@ -202,11 +244,15 @@ def check_root(base: Path, root: Root) -> list[str]:
             problems.append(f"{where}: missing (run: scripts/i18n.py extract)")
             continue
         try:
-            catalog = _read(path)
-        except (ValueError, UnicodeError, IndexError) as error:  # a .po that does not parse
+            catalog = _read(path, strict=True)
+        except (PoFileError, ValueError, UnicodeError, IndexError) as error:
             problems.append(f"{where}: does not parse: {error}")
             continue
-        have = {(m.context, m.id if isinstance(m.id, str) else m.id[0]) for m in catalog if m.id}
+        have = {
+            (m.context, m.id if isinstance(m.id, str) else m.id[0])
+            for m in catalog
+            if m.id
+        }
         for context, msgid in sorted(wanted - have, key=str):
             problems.append(f"{where}: not in the catalog (run extract): {msgid!r}")
         nplurals = catalog.num_plurals
@@ -218,9 +264,15 @@ def check_root(base: Path, root: Root) -> list[str]:
                 problems.append(f"{label} is fuzzy")
             if message.pluralizable:
                 source = placeholders(message.id[0]) | placeholders(message.id[1])
-                forms = list(message.string) if isinstance(message.string, (list, tuple)) else [message.string]
+                forms = (
+                    list(message.string)
+                    if isinstance(message.string, (list, tuple))
+                    else [message.string]
+                )
                 if len(forms) != nplurals:
-                    problems.append(f"{label} has {len(forms)} plural forms, the language has {nplurals}")
+                    problems.append(
+                        f"{label} has {len(forms)} plural forms, the language has {nplurals}"
+                    )
             else:
                 source = placeholders(message.id)
                 forms = [message.string]
@@ -242,9 +294,16 @@ def check_root(base: Path, root: Root) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["extract", "compile", "check"])
-    parser.add_argument("--root", action="append", choices=sorted(ROOTS), help="one catalog root (default: all)")
+    parser.add_argument(
+        "--root",
+        action="append",
+        choices=sorted(ROOTS),
+        help="one catalog root (default: all)",
+    )
     parser.add_argument("--base", type=Path, default=BASE_DIR, help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)

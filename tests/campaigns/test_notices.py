@@ -120,7 +120,7 @@ def test_it_covers_every_section_the_notice_owes(campaign):
     ]:
         assert words in en.text, words
     # The right to object is a section of its own, set apart by a box (Art. 21(4)).
-    box = re.search(r'<td class="right"[^>]*>(.*?)</td>', en.html, re.S).group(1)
+    box = re.search(r'<td class="right"[^>]*>(.*?)</td>', en.html, re.DOTALL).group(1)
     assert "Your right to object" in box and "legitimate interests" in box
     assert (
         box.count('href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"') == 2
