@@ -32,7 +32,14 @@ from markupsafe import Markup
 from campaigns.models import Campaign, NoticeVersion
 from optout.links import LinkClaims, objection_url, unsubscribe_url
 
-TEMPLATE_FILES = ("subject.txt", "preheader.txt", "greeting.txt", "body.html", "body.txt", "inapp.html")
+TEMPLATE_FILES = (
+    "subject.txt",
+    "preheader.txt",
+    "greeting.txt",
+    "body.html",
+    "body.txt",
+    "inapp.html",
+)
 SLOTS = ("greeting", "name", "object_url", "unsubscribe_url", "objected_on")
 _MARKER = "__demur_{}__"
 _MARKER_RE = re.compile(r"__demur_([a-z_]+?)__")
@@ -51,6 +58,15 @@ TEXT_FIELDS = (
     "objected_body_text",
     "objected_inapp_body",
 )
+
+
+# CLDR's long Latvian date names the month in the nominative ("27. janvāris"), which reads
+# wrongly after "no" (from); the numeric form needs no case ending.
+DATE_FORMATS = {"lv": "dd.MM.y."}
+
+
+def date_display(day: dt.date, language: str) -> str:
+    return format_date(day, format=DATE_FORMATS.get(language, "long"), locale=language)
 
 
 class NoticeNotReady(ValueError):
@@ -82,7 +98,10 @@ def _text_env(env: Environment) -> Environment:
 
 def _template_sources(template: str) -> dict[str, str]:
     env = _env(html=True)
-    return {name: env.loader.get_source(env, f"notices/{template}/{name}")[0] for name in TEMPLATE_FILES}
+    return {
+        name: env.loader.get_source(env, f"notices/{template}/{name}")[0]
+        for name in TEMPLATE_FILES
+    }
 
 
 def template_hash(template: str) -> str:
@@ -106,14 +125,27 @@ def catalog_hash(language: str) -> str:
 
 def content_hash(version: NoticeVersion) -> str:
     payload = {field: getattr(version, field) for field in TEXT_FIELDS}
-    payload.update(language=version.language, direction=version.direction, greetings=version.greetings)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    payload.update(
+        language=version.language,
+        direction=version.direction,
+        greetings=version.greetings,
+    )
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
 
 
 def _campaign_values(campaign: Campaign, language: str) -> dict[str, str]:
     missing = [
         field
-        for field in ("controller_name", "product_name", "training_starts_on", "dpo_email", "contact_email", "policy_url")
+        for field in (
+            "controller_name",
+            "product_name",
+            "training_starts_on",
+            "dpo_email",
+            "contact_email",
+            "policy_url",
+        )
         if not getattr(campaign, field)
     ]
     if missing:
@@ -121,14 +153,16 @@ def _campaign_values(campaign: Campaign, language: str) -> dict[str, str]:
     values = {
         "controller": campaign.controller_name,
         "product": campaign.product_name,
-        "start_date": format_date(campaign.training_starts_on, format="long", locale=language),
+        "start_date": date_display(campaign.training_starts_on, language),
         "dpo_email": campaign.dpo_email,
         "contact_email": campaign.contact_email,
         "policy_url": campaign.policy_url,
     }
     for key, value in values.items():
         if "__demur_" in value:
-            raise NoticeNotReady(f"campaign {campaign.pk}: {key} must not contain '__demur_'")
+            raise NoticeNotReady(
+                f"campaign {campaign.pk}: {key} must not contain '__demur_'"
+            )
     return values
 
 
@@ -141,7 +175,12 @@ def _link(url: str) -> Markup:
 
 
 def _render(template: str, name: str, context: dict, *, html: bool) -> str:
-    return _env(html=html).get_template(f"notices/{template}/{name}").render(context).strip()
+    return (
+        _env(html=html)
+        .get_template(f"notices/{template}/{name}")
+        .render(context)
+        .strip()
+    )
 
 
 def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
@@ -163,21 +202,30 @@ def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
             "link": _link,
         }
         greetings = {
-            "named": _render(template, "greeting.txt", {"name": MARKERS["name"]}, html=False),
+            "named": _render(
+                template, "greeting.txt", {"name": MARKERS["name"]}, html=False
+            ),
             "anonymous": _render(template, "greeting.txt", {"name": ""}, html=False),
         }
         texts: dict[str, str] = {}
         for prefix, already_objected in (("", False), ("objected_", True)):
             context = {**base, "already_objected": already_objected}
             context["subject"] = _render(template, "subject.txt", context, html=False)
-            context["preheader"] = _render(template, "preheader.txt", context, html=False)
+            context["preheader"] = _render(
+                template, "preheader.txt", context, html=False
+            )
             texts[prefix + "subject"] = context["subject"]
             texts[prefix + "preheader"] = context["preheader"]
             texts[prefix + "body_html"] = css_inline.inline(
-                _render(template, "body.html", context, html=True), keep_style_tags=False
+                _render(template, "body.html", context, html=True),
+                keep_style_tags=False,
             )
-            texts[prefix + "body_text"] = _render(template, "body.txt", context, html=False) + "\n"
-            texts[prefix + "inapp_body"] = _render(template, "inapp.html", context, html=True)
+            texts[prefix + "body_text"] = (
+                _render(template, "body.txt", context, html=False) + "\n"
+            )
+            texts[prefix + "inapp_body"] = _render(
+                template, "inapp.html", context, html=True
+            )
     version = NoticeVersion(
         campaign=campaign,
         language=language,
@@ -208,10 +256,6 @@ def _format_string(text: str) -> str:
     return "".join(out)
 
 
-def objected_on_display(day: dt.date, language: str) -> str:
-    return format_date(day, format="long", locale=language)
-
-
 def notice_personalise(
     version: NoticeVersion,
     *,
@@ -223,8 +267,12 @@ def notice_personalise(
     """The frozen version with one person's values. `objected_on` (the date of their
     earlier objection) selects the "you have already objected" variant."""
     greetings = version.greetings
-    greeting = greetings["named"].replace(MARKERS["name"], name) if name else greetings["anonymous"]
-    objected_text = objected_on_display(objected_on, version.language) if objected_on else ""
+    greeting = (
+        greetings["named"].replace(MARKERS["name"], name)
+        if name
+        else greetings["anonymous"]
+    )
+    objected_text = date_display(objected_on, version.language) if objected_on else ""
     plain = {
         "greeting": greeting,
         "name": name,
@@ -235,7 +283,11 @@ def notice_personalise(
     escaped = {key: escape(value) for key, value in plain.items()}
     if objected_on:
         subject, preheader = version.objected_subject, version.objected_preheader
-        html, text, inapp = version.objected_body_html, version.objected_body_text, version.objected_inapp_body
+        html, text, inapp = (
+            version.objected_body_html,
+            version.objected_body_text,
+            version.objected_inapp_body,
+        )
     else:
         subject, preheader = version.subject, version.preheader
         html, text, inapp = version.body_html, version.body_text, version.inapp_body
@@ -249,7 +301,9 @@ def notice_personalise(
     )
 
 
-def notice_links(version: NoticeVersion, *, subject_id: str, email: str = "") -> tuple[str, str]:
+def notice_links(
+    version: NoticeVersion, *, subject_id: str, email: str = ""
+) -> tuple[str, str]:
     """The signed objection and unsubscribe links of one person for this version."""
     campaign = version.campaign
     claims = LinkClaims(
@@ -274,9 +328,15 @@ def notice_email(
 ) -> EmailMultiAlternatives:
     """The notice mail for one person: text and HTML parts, and the one-click
     unsubscribe headers (RFC 8058)."""
-    object_link, unsubscribe_link = notice_links(version, subject_id=subject_id, email=to)
+    object_link, unsubscribe_link = notice_links(
+        version, subject_id=subject_id, email=to
+    )
     notice = notice_personalise(
-        version, name=name, object_url=object_link, unsubscribe_url=unsubscribe_link, objected_on=objected_on
+        version,
+        name=name,
+        object_url=object_link,
+        unsubscribe_url=unsubscribe_link,
+        objected_on=objected_on,
     )
     message = EmailMultiAlternatives(
         subject=notice.subject,
