@@ -1,21 +1,20 @@
 """Import of past objections from CSV (`manage.py import_objections`).
 
-The whole file is validated before anything is written; one bad line and nothing is
-imported, with every bad line listed. Each row becomes one `objected` event keyed by
-"import:<digest of subject, purpose, received_at>", so importing a file again adds
-nothing. A row is skipped when the ledger already says the subject objects, or when it
-holds a later answer (say, a withdrawal made after the imported objection).
+The whole file is validated inside one transaction; one bad line and it is rolled back,
+with every bad line listed. Each row becomes one `objected` event with the row's own date;
+an event with the same subject, purpose and date already in the ledger means the row was
+imported before, so importing a file again adds nothing. A row is also skipped when the
+ledger already says the subject objects, or holds a later answer from them (say, a
+withdrawal made after the imported objection).
 
-On PostgreSQL rows go through COPY into a staging table and set-based SQL; elsewhere
-(the SQLite quick start) through the ORM.
+On PostgreSQL rows stream through COPY into a staging table and one set-based statement
+writes the events (hashed by demur_event_hash, the SQL twin of optout.ledger.event_hash)
+and the states; elsewhere (the SQLite quick start) the ORM does the same row by row.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
-import uuid as uuid_lib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Sourc
 REQUIRED_COLUMNS = ("subject_id", "purpose", "received_at", "source")
 OPTIONAL_COLUMNS = ("email",)
 MAX_ERRORS_KEPT = 10_000
+_SOURCES = frozenset(Source.values)
 
 
 @dataclass
@@ -64,36 +64,38 @@ class _Row:
     source: str
     email: str
 
-    @property
-    def key(self) -> str:
-        digest = hashlib.sha256(
-            f"{self.subject_id}\x1f{self.purpose_slug}\x1f{self.received_at.isoformat()}".encode()
-        ).hexdigest()
-        return f"import:{digest[:40]}"
+
+class _Invalid(Exception):
+    """Raised inside the import transaction to roll it back after a bad line."""
 
 
-def objections_import(
-    path: str, *, progress: Callable[[int], None] | None = None
-) -> ImportReport:
-    """Validate `path`, then import it in one transaction if every line is good."""
+def objections_import(path: str, *, progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Validate and import `path` in one transaction: all of it, or nothing."""
     report = ImportReport()
     purposes = dict(Purpose.objects.values_list("slug", "id"))
     now = timezone.now()
-    for _row in _parse(path, purposes, report, now, progress):
-        report.rows += 1
-    if not report.ok:
-        return report
-    if report.rows == 0:
-        report.add_error(None, _("The file has no rows to import."))
-        return report
-
-    rows = _parse(path, purposes, ImportReport(), now, None)
-    slugs = {pk: slug for slug, pk in purposes.items()}
-    if connection.vendor == "postgresql":
-        _load_postgres(rows, slugs, report, now)
-    else:
-        _load_orm(rows, slugs, report, now)
+    rows = _counted(_parse(path, purposes, report, now, progress), report)
+    load = _load_postgres if connection.vendor == "postgresql" else _load_orm
+    try:
+        with transaction.atomic():
+            load(rows, report, now)
+    except _Invalid:
+        pass
     return report
+
+
+def _counted(rows: Iterator[_Row], report: ImportReport) -> Iterator[_Row]:
+    for row in rows:
+        report.rows += 1
+        yield row
+
+
+def _check_complete(report: ImportReport) -> None:
+    """Called once every line has been read: roll back unless all were good."""
+    if report.ok and report.rows == 0 and not report.errors:
+        report.add_error(None, _("The file has no rows to import."))
+    if not report.ok:
+        raise _Invalid
 
 
 # --- parsing and validation ---------------------------------------------------------------
@@ -152,7 +154,7 @@ def _parse(
         line = reader.line_num
         if not values:
             continue
-        if any(_has_bad_bytes(value) for value in values):
+        if _has_bad_bytes(values):
             report.add_error(line, _("the text is not valid UTF-8."))
             continue
         if len(values) != width:
@@ -180,7 +182,7 @@ def _parse(
         elif received_at > future_limit:
             problems.append(_("received_at is in the future"))
         source = values[index["source"]].strip()
-        if source not in Source.values:
+        if source not in _SOURCES:
             problems.append(
                 _("unknown source {source!r} (expected one of: {choices})").format(
                     source=source, choices=", ".join(Source.values)
@@ -198,9 +200,10 @@ def _parse(
         yield _Row(line, subject_id, purpose_id, slug, received_at, source, email)
 
 
-def _has_bad_bytes(value: str) -> bool:
+def _has_bad_bytes(values: list[str]) -> bool:
+    """True when a field holds bytes that were not UTF-8 (kept as lone surrogates)."""
     try:
-        value.encode("utf-8")
+        "".join(values).encode("utf-8")
     except UnicodeEncodeError:
         return True
     return False
@@ -216,46 +219,10 @@ def _parse_timestamp(text: str) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _new_event_fields(row: _Row, head_hash: str, now: datetime) -> dict:
-    event_uuid = uuid_lib.uuid4()
-    receipt = new_receipt()
-    key = row.key
-    prev = head_hash or GENESIS_HASH
-    digest = event_hash(
-        prev_hash=prev,
-        uuid=event_uuid,
-        subject_id=row.subject_id,
-        purpose=row.purpose_slug,
-        action=Action.OBJECTED,
-        source=row.source,
-        received_at=row.received_at,
-        effective_at=row.received_at,
-        recorded_at=now,
-        receipt=receipt,
-        email=row.email,
-        idempotency_key=key,
-    )
-    return {
-        "uuid": event_uuid,
-        "subject_id": row.subject_id,
-        "email": row.email,
-        "purpose_id": row.purpose_id,
-        "action": Action.OBJECTED,
-        "source": row.source,
-        "received_at": row.received_at,
-        "effective_at": row.received_at,
-        "recorded_at": now,
-        "receipt": receipt,
-        "idempotency_key": key,
-        "prev_hash": prev,
-        "hash": digest,
-    }
-
-
 # --- loading: SQLite and other backends -----------------------------------------------------
 
 
-def _earliest_per_subject(rows: Iterator[_Row], report: ImportReport) -> dict[tuple[str, int], _Row]:
+def _load_orm(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None:
     chosen: dict[tuple[str, int], _Row] = {}
     for row in rows:
         key = (row.subject_id, row.purpose_id)
@@ -265,139 +232,160 @@ def _earliest_per_subject(rows: Iterator[_Row], report: ImportReport) -> dict[tu
             if other.received_at <= row.received_at:
                 continue
         chosen[key] = row
-    return chosen
+    _check_complete(report)
 
-
-def _load_orm(rows: Iterator[_Row], slugs: dict[int, str], report: ImportReport, now: datetime) -> None:
-    candidates = _earliest_per_subject(rows, report)
-    with transaction.atomic():
-        for row in candidates.values():
-            if ObjectionEvent.objects.filter(purpose_id=row.purpose_id, idempotency_key=row.key).exists():
-                report.already_recorded += 1
-                continue
-            state, _created = ObjectionState.objects.select_for_update().get_or_create(
-                subject_id=row.subject_id, purpose_id=row.purpose_id
-            )
-            if state.objected or (state.received_at and state.received_at >= row.received_at):
-                report.already_recorded += 1
-                continue
-            event = ObjectionEvent.objects.create(**_new_event_fields(row, state.head_hash, now))
-            _apply_to_state(state, event)
-            report.imported += 1
-
-
-def _apply_to_state(state: ObjectionState, event: ObjectionEvent) -> None:
-    state.objected = True
-    state.source = event.source
-    state.received_at = event.received_at
-    state.effective_at = event.effective_at
-    state.receipt = event.receipt
-    state.last_event = event
-    state.head_hash = event.hash
-    state.save(
-        update_fields=["objected", "source", "received_at", "effective_at", "receipt", "last_event", "head_hash", "updated_at"]
-    )
+    for row in chosen.values():
+        state, _created = ObjectionState.objects.select_for_update().get_or_create(
+            subject_id=row.subject_id, purpose_id=row.purpose_id
+        )
+        seen_before = ObjectionEvent.objects.filter(
+            subject_id=row.subject_id,
+            purpose_id=row.purpose_id,
+            action=Action.OBJECTED,
+            received_at=row.received_at,
+        ).exists()
+        if seen_before or state.objected or (state.received_at and state.received_at >= row.received_at):
+            report.already_recorded += 1
+            continue
+        event = ObjectionEvent(
+            subject_id=row.subject_id,
+            email=row.email,
+            purpose_id=row.purpose_id,
+            action=Action.OBJECTED,
+            source=row.source,
+            received_at=row.received_at,
+            effective_at=row.received_at,
+            recorded_at=now,
+            receipt=new_receipt(),
+            prev_hash=state.head_hash or GENESIS_HASH,
+        )
+        event.hash = event_hash(
+            prev_hash=event.prev_hash,
+            uuid=event.uuid,
+            subject_id=row.subject_id,
+            purpose=row.purpose_slug,
+            action=Action.OBJECTED,
+            source=row.source,
+            received_at=row.received_at,
+            effective_at=row.received_at,
+            recorded_at=now,
+            receipt=event.receipt,
+            email=row.email,
+        )
+        event.save(force_insert=True)
+        state.objected = True
+        state.source = event.source
+        state.received_at = state.effective_at = event.received_at
+        state.receipt = event.receipt
+        state.last_event = event
+        state.head_hash = event.hash
+        state.save(
+            update_fields=[
+                "objected", "source", "received_at", "effective_at", "receipt", "last_event", "head_hash", "updated_at",
+            ]
+        )
+        report.imported += 1
 
 
 # --- loading: PostgreSQL ----------------------------------------------------------------------
 
-_EVENT_COLUMNS = (
-    "uuid", "subject_id", "email", "purpose_id", "action", "source", "reason", "staff_user",
-    "received_at", "effective_at", "recorded_at", "receipt", "idempotency_key", "prev_hash", "hash",
+# One statement: the earliest row per subject and purpose, minus what the ledger already
+# has, becomes one chained event each; then the states follow. Existing state rows were
+# locked beforehand; a state row that appears meanwhile for a new subject (someone
+# objecting while the import runs) makes `created` come up short, and the import is
+# rolled back rather than fork that person's chain.
+_IMPORT_SQL = """
+WITH candidates AS (
+    SELECT DISTINCT ON (subject_id, purpose_id) subject_id, purpose_id, received_at, source, email
+    FROM import_staging
+    ORDER BY subject_id, purpose_id, received_at, line
+), eligible AS (
+    SELECT c.*, s.id AS state_id, coalesce(nullif(s.head_hash, ''), %(genesis)s) AS prev_hash,
+           demur_uuid7() AS uuid, uuid_send(gen_random_uuid()) AS receipt_bits
+    FROM candidates c
+    LEFT JOIN optout_objectionstate s ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
+    WHERE (s.id IS NULL OR (NOT s.objected AND (s.received_at IS NULL OR s.received_at < c.received_at)))
+      AND NOT EXISTS (
+          SELECT 1 FROM optout_objectionevent e
+          WHERE e.subject_id = c.subject_id AND e.purpose_id = c.purpose_id
+            AND e.action = 'objected' AND e.received_at = c.received_at
+      )
+), inserted AS (
+    INSERT INTO optout_objectionevent (
+        uuid, subject_id, email, purpose_id, action, source, reason, staff_user,
+        received_at, effective_at, recorded_at, receipt, prev_hash, hash
+    )
+    SELECT n.uuid, n.subject_id, n.email, n.purpose_id, 'objected', n.source, '', '',
+           n.received_at, n.received_at, %(now)s, n.receipt, n.prev_hash,
+           demur_event_hash(
+               n.prev_hash, n.uuid, n.subject_id, n.slug, 'objected', n.source, n.received_at,
+               n.received_at, %(now)s, n.receipt, n.email, '', NULL, NULL, '', NULL
+           )
+    FROM (
+        SELECT e.*, p.slug, demur_receipt_from(e.receipt_bits) AS receipt
+        FROM eligible e JOIN optout_purpose p ON p.id = e.purpose_id
+    ) n
+    RETURNING id, uuid, subject_id, purpose_id, source, received_at, effective_at, receipt, hash
+), updated AS (
+    UPDATE optout_objectionstate s SET
+        objected = true, source = i.source, received_at = i.received_at,
+        effective_at = i.effective_at, receipt = i.receipt, last_event_id = i.id,
+        head_hash = i.hash, updated_at = %(now)s
+    FROM inserted i JOIN eligible n ON n.uuid = i.uuid
+    WHERE n.state_id IS NOT NULL AND s.id = n.state_id
+    RETURNING 1
+), created AS (
+    INSERT INTO optout_objectionstate (
+        subject_id, purpose_id, objected, source, received_at, effective_at, receipt,
+        last_event_id, head_hash, updated_at
+    )
+    SELECT i.subject_id, i.purpose_id, true, i.source, i.received_at, i.effective_at,
+           i.receipt, i.id, i.hash, %(now)s
+    FROM inserted i JOIN eligible n ON n.uuid = i.uuid
+    WHERE n.state_id IS NULL
+    ON CONFLICT (subject_id, purpose_id) DO NOTHING
+    RETURNING 1
 )
+SELECT
+    (SELECT count(*) FROM candidates),
+    (SELECT count(*) FROM inserted),
+    (SELECT count(*) FROM updated) + (SELECT count(*) FROM created)
+"""
 
 
-def _load_postgres(rows: Iterator[_Row], slugs: dict[int, str], report: ImportReport, now: datetime) -> None:
-    with transaction.atomic(), connection.cursor() as cursor:
-        pg = cursor.cursor  # the psycopg cursor, for COPY and a named cursor
+def _load_postgres(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None:
+    with connection.cursor() as cursor:
+        pg = cursor.cursor  # the psycopg cursor, for COPY
         # Dropped at the end rather than ON COMMIT: a caller may hold an outer transaction.
-        pg.execute("DROP TABLE IF EXISTS pg_temp.import_staging, pg_temp.import_candidates")
+        pg.execute("DROP TABLE IF EXISTS pg_temp.import_staging")
         pg.execute(
-            """
-            CREATE TEMP TABLE import_staging (
-                line integer, subject_id text, purpose_id bigint, received_at timestamptz,
-                source text, email text, key text
-            )
-            """
+            "CREATE TEMP TABLE import_staging (line integer, subject_id text, purpose_id bigint, "
+            "received_at timestamptz, source text, email text)"
         )
-        with pg.copy(
-            "COPY import_staging (line, subject_id, purpose_id, received_at, source, email, key) FROM STDIN"
-        ) as copy:
+        with pg.copy("COPY import_staging (line, subject_id, purpose_id, received_at, source, email) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row((row.line, row.subject_id, row.purpose_id, row.received_at, row.source, row.email, row.key))
+                copy.write_row((row.line, row.subject_id, row.purpose_id, row.received_at, row.source, row.email))
+        _check_complete(report)
 
-        # Earliest row per subject and purpose; count the rest as duplicates.
+        pg.execute("ANALYZE import_staging")
+        pg.execute("SET LOCAL work_mem = '256MB'")
+        # Whoever objects or withdraws for these people now waits for the import.
         pg.execute(
             """
-            CREATE TEMP TABLE import_candidates AS
-            SELECT DISTINCT ON (subject_id, purpose_id) *
-            FROM import_staging ORDER BY subject_id, purpose_id, received_at, line
+            SELECT 1 FROM optout_objectionstate
+            WHERE (subject_id, purpose_id) IN (SELECT subject_id, purpose_id FROM import_staging)
+            FOR UPDATE
             """
         )
-        pg.execute("SELECT (SELECT count(*) FROM import_staging) - (SELECT count(*) FROM import_candidates)")
-        report.duplicates_in_file = pg.fetchone()[0]
-
-        # Lock every state row the import touches (creating the missing ones), so a
-        # concurrent objection_record for the same person waits for this transaction.
-        pg.execute(
-            """
-            INSERT INTO optout_objectionstate
-                (subject_id, purpose_id, objected, source, receipt, head_hash, updated_at)
-            SELECT subject_id, purpose_id, false, '', '', '', now() FROM import_candidates
-            ON CONFLICT (subject_id, purpose_id) DO NOTHING
-            """
-        )
-        pg.execute(
-            """
-            SELECT 1 FROM optout_objectionstate s JOIN import_candidates c
-              ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
-            FOR UPDATE OF s
-            """
-        )
-
-        pg.execute(
-            """
-            DECLARE import_eligible NO SCROLL CURSOR FOR
-            SELECT c.line, c.subject_id, c.purpose_id, c.received_at, c.source, c.email, s.head_hash
-            FROM import_candidates c
-            JOIN optout_objectionstate s ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
-            WHERE NOT s.objected
-              AND (s.received_at IS NULL OR s.received_at < c.received_at)
-              AND NOT EXISTS (
-                  SELECT 1 FROM optout_objectionevent e
-                  WHERE e.purpose_id = c.purpose_id AND e.idempotency_key = c.key
-              )
-            """
-        )
-        copy_sql = f"COPY optout_objectionevent ({', '.join(_EVENT_COLUMNS)}) FROM STDIN"
-        while True:
-            pg.execute("FETCH 20000 FROM import_eligible")
-            batch = pg.fetchall()
-            if not batch:
-                break
-            with pg.copy(copy_sql) as copy:
-                for line, subject_id, purpose_id, received_at, source, email, head_hash in batch:
-                    row = _Row(line, subject_id, purpose_id, slugs[purpose_id], received_at, source, email)
-                    fields = _new_event_fields(row, head_hash, now)
-                    fields["reason"] = ""
-                    fields["staff_user"] = ""
-                    copy.write_row(tuple(fields[name] for name in _EVENT_COLUMNS))
-            report.imported += len(batch)
-        pg.execute("CLOSE import_eligible")
-
-        # Point the states at the events just written: this run's keys and timestamp.
-        pg.execute(
-            """
-            UPDATE optout_objectionstate s SET
-                objected = true, source = e.source, received_at = e.received_at,
-                effective_at = e.effective_at, receipt = e.receipt, last_event_id = e.id,
-                head_hash = e.hash, updated_at = now()
-            FROM import_candidates c JOIN optout_objectionevent e
-              ON e.purpose_id = c.purpose_id AND e.idempotency_key = c.key
-            WHERE e.recorded_at = %s
-              AND s.subject_id = e.subject_id AND s.purpose_id = e.purpose_id
-            """,
-            [now],
-        )
-        pg.execute("DROP TABLE pg_temp.import_staging, pg_temp.import_candidates")
-        report.already_recorded = report.rows - report.duplicates_in_file - report.imported
+        pg.execute(_IMPORT_SQL, {"genesis": GENESIS_HASH, "now": now})
+        candidates, inserted, states = pg.fetchone()
+        pg.execute("DROP TABLE pg_temp.import_staging")
+        if states != inserted:
+            report.add_error(
+                None,
+                _("Someone objected or withdrew while the import ran; nothing was imported. Run it again."),
+            )
+            raise _Invalid
+        report.duplicates_in_file = report.rows - candidates
+        report.imported = inserted
+        report.already_recorded = candidates - inserted

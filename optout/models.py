@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
-from rest_framework_api_key.models import AbstractAPIKey
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy as _
+from rest_framework_api_key.models import AbstractAPIKey
+
+from optout.ledger import new_event_uuid
 
 
 class Purpose(models.Model):
@@ -63,33 +63,41 @@ class ObjectionEvent(models.Model):
     other, and `verify_ledger` still finds any edited, removed or reordered row.
     """
 
-    uuid = models.UUIDField(_("event id"), default=uuid.uuid4, unique=True, editable=False)
+    uuid = models.UUIDField(_("event id"), default=new_event_uuid, unique=True, editable=False)
     xid = models.BigIntegerField(_("transaction id"), null=True, editable=False)
     subject_id = models.CharField(_("subject id"), max_length=128)
     # Only the public web form knows a person by email alone; we keep the address it
     # verified so the confirmation and a later status link can reach them. Every other
     # flow identifies the person by subject id and leaves this empty.
     email = models.EmailField(_("verified email"), blank=True)
-    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, verbose_name=_("purpose"))
+    # No index of their own on the foreign keys: every query reaches events through the
+    # feed index or the subject index below, and each index costs every insert.
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, db_index=False, verbose_name=_("purpose"))
     action = models.CharField(_("action"), max_length=16, choices=Action.choices)
     source = models.CharField(_("source"), max_length=16, choices=Source.choices)
     reason = models.TextField(_("reason"), blank=True, max_length=2000)
     campaign = models.ForeignKey(
-        "campaigns.Campaign", null=True, blank=True, on_delete=models.PROTECT, verbose_name=_("campaign")
+        "campaigns.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_index=False,
+        verbose_name=_("campaign"),
     )
     notice_version = models.ForeignKey(
         "campaigns.NoticeVersion",
         null=True,
         blank=True,
         on_delete=models.PROTECT,
+        db_index=False,
         verbose_name=_("notice version"),
     )
     staff_user = models.CharField(_("recorded by staff member"), max_length=150, blank=True)
     received_at = models.DateTimeField(_("received at"))
     effective_at = models.DateTimeField(_("effective from"))
     recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now, editable=False)
-    receipt = models.CharField(_("receipt"), max_length=16, unique=True)
-    # Set by imports ("import:<digest>") and API callers' Idempotency-Key; a repeat is a no-op.
+    receipt = models.CharField(_("receipt"), max_length=16)
+    # An API caller's Idempotency-Key: a retry with the same key is a no-op.
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True)
     prev_hash = models.CharField(_("previous hash"), max_length=64)
     hash = models.CharField(_("hash"), max_length=64)
@@ -104,6 +112,9 @@ class ObjectionEvent(models.Model):
             models.Index(fields=["subject_id", "purpose", "id"], name="optout_event_subject"),
         ]
         constraints = [
+            # admin search by receipt; a constraint rather than unique=True, which would
+            # add a second (LIKE) index on PostgreSQL
+            models.UniqueConstraint(fields=["receipt"], name="optout_event_receipt"),
             models.UniqueConstraint(
                 fields=["purpose", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
@@ -121,14 +132,19 @@ class ObjectionState(models.Model):
     the next link in the subject's chain."""
 
     subject_id = models.CharField(_("subject id"), max_length=128)
-    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, verbose_name=_("purpose"))
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, db_index=False, verbose_name=_("purpose"))
     objected = models.BooleanField(_("objected"), default=False)
     source = models.CharField(_("source"), max_length=16, choices=Source.choices, blank=True)
     received_at = models.DateTimeField(_("received at"), null=True)
     effective_at = models.DateTimeField(_("effective from"), null=True)
     receipt = models.CharField(_("receipt"), max_length=16, blank=True)
     last_event = models.ForeignKey(
-        ObjectionEvent, null=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("last event")
+        ObjectionEvent,
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("last event"),
     )
     head_hash = models.CharField(_("head hash"), max_length=64, blank=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)

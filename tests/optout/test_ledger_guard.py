@@ -102,3 +102,73 @@ def test_verify_ledger_finds_a_state_that_lies(ledger):
 
     with pytest.raises(CommandError, match="the state of subject bob"):
         call_command("verify_ledger")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "subject_id, email, reason, campaign_id, key",
+    [
+        ("plain", "", "", None, None),
+        ("ünïcödé-😀-𝔘", "ÿ+tag@example.org", "línea\nnueva\t«quoted» \\ back", 7, "k-1"),
+        ("4:abc", "~", "~", 0, ""),
+        ("x" * 128, "a@b.co", "r" * 2000, 2**40, "key:" + "9" * 150),
+    ],
+)
+def test_the_sql_hash_equals_the_python_hash(subject_id, email, reason, campaign_id, key):
+    """The bulk import hashes in SQL, verify_ledger in Python: they must agree exactly."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from optout.ledger import event_hash
+
+    values = {
+        "prev_hash": "ab" * 32, "uuid": uuid.uuid4(), "subject_id": subject_id, "purpose": "ai-training",
+        "action": "objected", "source": "import",
+        "received_at": datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        "effective_at": datetime(2025, 4, 14, 13, 32, tzinfo=UTC),
+        "recorded_at": datetime(2026, 11, 29, 0, 0, 0, 1, tzinfo=UTC),
+        "receipt": "7KQ4-M2XD-9PTR", "email": email, "reason": reason, "campaign_id": campaign_id,
+        "notice_version_id": None, "staff_user": "", "idempotency_key": key,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT demur_event_hash(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            list(values.values()),
+        )
+        (sql_hash,) = cursor.fetchone()
+
+    assert sql_hash == event_hash(**values)
+
+
+@pytest.mark.postgres
+def test_sql_receipts_look_like_python_receipts():
+    from optout.ledger import new_receipt
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT demur_receipt_from(uuid_send(gen_random_uuid())) FROM generate_series(1, 200)")
+        receipts = [row[0] for row in cursor.fetchall()]
+    pattern = r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"
+    import re
+
+    assert all(re.match(pattern, r) for r in receipts + [new_receipt() for _ in range(200)])
+    assert len(set(receipts)) == 200
+
+
+def test_event_ids_are_time_ordered_uuid7s(purpose):
+    objection_record(subject_id="first", source="api")
+    objection_record(subject_id="second", source="api")
+
+    first, second = ObjectionEvent.objects.order_by("id").values_list("uuid", flat=True)
+    assert first.version == 7 and second.version == 7
+    assert first.int >> 80 <= second.int >> 80  # millisecond prefix never goes back
+
+
+@pytest.mark.postgres
+def test_sql_uuid7s_are_version_7_and_ordered():
+    import uuid
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT demur_uuid7() FROM generate_series(1, 50)")
+        made = [uuid.UUID(str(row[0])) for row in cursor.fetchall()]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
+    assert [u.int >> 80 for u in made] == sorted(u.int >> 80 for u in made)

@@ -24,7 +24,7 @@ class Command(BaseCommand):
             raise CommandError(f"No such file: {path}")
         show_bar = sys.stderr.isatty() and options["verbosity"] > 0
         size = os.path.getsize(path)
-        with tqdm(total=size, unit="B", unit_scale=True, desc="validating", disable=not show_bar) as bar:
+        with tqdm(total=size, unit="B", unit_scale=True, desc="importing", disable=not show_bar) as bar:
             report = objections_import(path, progress=bar.update)
         if not report.ok:
             for message in report.errors:
