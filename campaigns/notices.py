@@ -4,7 +4,7 @@ A notice lives in templates/notices/<name>/ as Jinja2 templates (subject.txt,
 preheader.txt, greeting.txt, body.html, body.txt, inapp.html). Freezing renders them in
 the campaign's language with the campaign's values; what differs per person is rendered
 as a marker (`__demur_<slot>__`) and filled in at send time, escaped for HTML where the
-text is HTML. Filling in is one `str.format_map` per text, so a frozen version renders
+text is HTML. Filling in is a join of the text's cached pieces, so a frozen version renders
 for a recipient in microseconds and reads exactly as it did when it was frozen, whatever
 happens to the templates and catalogs later.
 """
@@ -25,12 +25,13 @@ from babel.dates import format_date
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.template import engines
+from django.urls import reverse
 from django.utils import translation
 from jinja2 import Environment
 from markupsafe import Markup
 
 from campaigns.models import Campaign, NoticeVersion
-from optout.links import LinkClaims, objection_url, unsubscribe_url
+from optout.links import OBJECT_SALT, UNSUBSCRIBE_SALT, LinkClaims, make_token
 
 TEMPLATE_FILES = (
     "subject.txt",
@@ -244,15 +245,19 @@ def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
 
 
 @lru_cache(maxsize=4096)
-def _format_string(text: str) -> str:
-    """The frozen text as a str.format template: braces doubled, markers as {slot}."""
-    parts = _MARKER_RE.split(text)
-    out = []
-    for index, part in enumerate(parts):
-        if index % 2:
-            out.append("{" + part + "}")
-        else:
-            out.append(part.replace("{", "{{").replace("}", "}}"))
+def _split(text: str) -> tuple[tuple[str, ...], tuple[tuple[int, str], ...]]:
+    """The frozen text as its pieces, with the positions of the markers among them.
+    Filling in copies the pieces, puts the values at those positions and joins: a
+    memory copy, where str.format would scan every character of a 10 kB body."""
+    pieces = tuple(_MARKER_RE.split(text))
+    return pieces, tuple((index, pieces[index]) for index in range(1, len(pieces), 2))
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    pieces, slots = _split(text)
+    out = list(pieces)
+    for index, slot in slots:
+        out[index] = values[slot]
     return "".join(out)
 
 
@@ -295,18 +300,37 @@ def notice_personalise(
         language=version.language,
         subject=subject,
         preheader=preheader,
-        html=_format_string(html).format_map(escaped),
-        text=_format_string(text).format_map(plain),
-        inapp=_format_string(inapp).format_map(escaped),
+        html=_fill(html, escaped),
+        text=_fill(text, plain),
+        inapp=_fill(inapp, escaped),
     )
 
 
-def notice_links(
-    version: NoticeVersion, *, subject_id: str, email: str = ""
+@lru_cache(maxsize=512)
+def _link_parts(
+    url_name: str, language: str, site_url: str, urlconf: str
 ) -> tuple[str, str]:
-    """The signed objection and unsubscribe links of one person for this version."""
+    """What comes before and after the token in the URL of this kind and language."""
+    with translation.override(language):
+        path = reverse(url_name, kwargs={"token": "__demur_token__"}, urlconf=urlconf)
+    head, tail = f"{site_url}{path}".split("__demur_token__")
+    return head, tail
+
+
+def _signed_url(url_name: str, claims: LinkClaims, salt: str) -> str:
+    # The URL objection_url()/unsubscribe_url() build, without a reverse() per person:
+    # the signature is the only per-person part (tests/campaigns check they agree).
+    head, tail = _link_parts(
+        url_name, claims.language, settings.SITE_URL, settings.ROOT_URLCONF
+    )
+    return f"{head}{make_token(claims, salt=salt)}{tail}"
+
+
+def notice_claims(
+    version: NoticeVersion, *, subject_id: str, email: str = ""
+) -> LinkClaims:
     campaign = version.campaign
-    claims = LinkClaims(
+    return LinkClaims(
         subject_id=subject_id,
         purpose=campaign.purpose.slug,
         language=version.language,
@@ -314,7 +338,24 @@ def notice_links(
         notice_version_id=version.pk,
         email=email,
     )
-    return objection_url(claims), unsubscribe_url(claims)
+
+
+def notice_object_url(claims: LinkClaims) -> str:
+    """optout.links.objection_url(claims), faster: the Object button's signed link."""
+    return _signed_url("optout:link", claims, OBJECT_SALT)
+
+
+def notice_unsubscribe_url(claims: LinkClaims) -> str:
+    """optout.links.unsubscribe_url(claims), faster: the List-Unsubscribe target."""
+    return _signed_url("optout:unsubscribe", claims, UNSUBSCRIBE_SALT)
+
+
+def notice_links(
+    version: NoticeVersion, *, subject_id: str, email: str = ""
+) -> tuple[str, str]:
+    """The signed objection and unsubscribe links of one person for this version."""
+    claims = notice_claims(version, subject_id=subject_id, email=email)
+    return notice_object_url(claims), notice_unsubscribe_url(claims)
 
 
 def notice_email(

@@ -18,12 +18,21 @@ from campaigns.models import NoticeVersion
 from campaigns.notices import (
     NoticeNotReady,
     content_hash,
+    notice_claims,
     notice_email,
+    notice_object_url,
     notice_personalise,
+    notice_unsubscribe_url,
     template_hash,
 )
 from campaigns.services import notice_versions_freeze
-from optout.links import OBJECT_SALT, UNSUBSCRIBE_SALT, read_token
+from optout.links import (
+    OBJECT_SALT,
+    UNSUBSCRIBE_SALT,
+    objection_url,
+    read_token,
+    unsubscribe_url,
+)
 from tests.campaigns.factories import make_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,3 +268,22 @@ def test_it_renders_a_frozen_version_byte_for_byte_after_the_template_changes(
     assert "CHANGED" in fresh.body_html and "CHANGED" not in stored.body_html
     assert fresh.template_hash != stored.template_hash
     assert stored.content_hash == content_hash(stored)
+
+
+@pytest.mark.parametrize(
+    ("fast", "slow", "salt"),
+    [
+        (notice_object_url, objection_url, OBJECT_SALT),
+        (notice_unsubscribe_url, unsubscribe_url, UNSUBSCRIBE_SALT),
+    ],
+)
+def test_it_builds_the_same_links_as_the_opt_out_helpers(campaign, fast, slow, salt):
+    version = notice_versions_freeze(campaign_id=campaign.pk)[LANGUAGES.index("el")]
+    claims = notice_claims(version, subject_id="user-7", email="eleni@example.com")
+
+    ours, theirs = fast(claims), slow(claims)
+
+    assert ours.rsplit("/", 2)[0] == theirs.rsplit("/", 2)[0]
+    assert urlsplit(ours).path.startswith("/el/optout/")
+    token = urlsplit(ours).path.rstrip("/").rsplit("/", 1)[1]
+    assert read_token(token, salt=salt) == claims
