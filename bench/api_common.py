@@ -49,8 +49,11 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
     manage("migrate", "-v0", env=django_env(url))
     have_events = int(psql(url, "SELECT count(*) FROM optout_objectionevent"))
     have_states = int(psql(url, "SELECT count(*) FROM optout_objectionstate WHERE objected"))
-    if have_events == events and have_states == events + extra_objectors:
+    if have_events == events and have_states >= events + extra_objectors:
         print(f"data set present: {events:,} events, {have_states:,} objectors")
+        return
+    if have_events == events and have_states == events:
+        _add_objectors(url, extra_objectors)
         return
     print(f"loading {events:,} events and {events + extra_objectors:,} objectors ...", flush=True)
     started = time.perf_counter()
@@ -69,7 +72,15 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
         " SELECT subject_id, true, source, received_at, effective_at, receipt, hash, now(), id, purpose_id"
         " FROM optout_objectionevent",
     )
+    _add_objectors(url, extra_objectors)
+    print(f"loaded in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _add_objectors(url: str, extra_objectors: int) -> None:
+    """Current-state rows for objectors loaded without events (the bulk check reads only these)."""
     if extra_objectors:
+        print(f"adding {extra_objectors:,} objectors ...", flush=True)
+        purpose_id = int(psql(url, "SELECT id FROM optout_purpose WHERE slug = 'ai-training'"))
         psql(
             url,
             "INSERT INTO optout_objectionstate (subject_id, objected, source, received_at, effective_at, receipt,"
@@ -80,7 +91,6 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
         )
     for table in ("optout_objectionevent", "optout_objectionstate"):
         psql(url, f"VACUUM ANALYZE {table}")  # one statement per call: VACUUM refuses a transaction
-    print(f"loaded in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _copy_events(url: str, count: int, purpose_id: int) -> None:

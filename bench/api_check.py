@@ -1,0 +1,107 @@
+"""Benchmark: the bulk check of 10,000 ids through HTTP against 10,000,000 objections,
+beside the bare SQL query issued from Python with the same ids.
+
+How to run (adds 9,000,000 objectors to the feed's data set on first use, a few minutes):
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_api_bench \\
+        .venv/bin/python bench/api_check.py --events 1000000 --extra 9000000 --requests 200
+
+Smaller scale, if 10,000,000 rows take too long here: --extra 0 (1,000,000 objections).
+
+Each id list has 10,000 ids: half are objectors picked at random across the table, half
+unknown. Every round sends one list through HTTP (POST /api/v1/objections/check to
+gunicorn, 2 sync workers, DEBUG off, throttle on Redis; the client encodes the body and
+parses the answer) and runs the same ids through the bare query from Python
+(`... WHERE purpose_id = %s AND objected AND subject_id = ANY(%s)`, fetchall). The two
+alternate so both see the same machine load. Prints p50 and p99 of each and the ratios.
+
+Target (issue 4): HTTP p50 within 1.5x and p99 within 3x of the bare query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._harness import psql
+from bench.api_common import database_url, gunicorn, percentile, prepare, read_key
+
+BARE_SQL = (
+    "SELECT subject_id, effective_at FROM optout_objectionstate"
+    " WHERE purpose_id = %s AND objected AND subject_id = ANY(%s)"
+)
+
+
+def id_lists(events: int, extra: int, count: int, seed: int = 4) -> list[list[str]]:
+    rng = random.Random(seed)
+    lists = []
+    for _ in range(count):
+        ids = []
+        for n in range(5_000):
+            k = rng.randrange(events + extra)
+            ids.append(f"u{k:09d}" if k < events else f"x{k - events + 1:09d}")
+            ids.append(f"nobody-{rng.randrange(10**9)}-{n}")
+        lists.append(ids)
+    return lists
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--extra", type=int, default=9_000_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    url = database_url()
+    prepare(url, events=args.events, extra_objectors=args.extra)
+    objectors = int(psql(url, "SELECT count(*) FROM optout_objectionstate WHERE objected"))
+    purpose_id = int(psql(url, "SELECT id FROM optout_purpose WHERE slug = 'ai-training'"))
+    key = read_key(url)
+    lists = id_lists(args.events, objectors - args.events, 20)
+
+    import psycopg
+
+    http_times, sql_times = [], []
+    with gunicorn(url, workers=2) as (base, _), psycopg.connect(url, autocommit=True) as conn:
+
+        def via_http(ids: list[str]) -> int:
+            body = json.dumps({"subject_ids": ids}).encode()
+            request = urllib.request.Request(
+                f"{base}/api/v1/objections/check", data=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                results = json.loads(response.read())["results"]
+            return sum(r["objected"] for r in results)
+
+        def via_sql(ids: list[str]) -> int:
+            return len(conn.execute(BARE_SQL, [purpose_id, ids]).fetchall())
+
+        for n in range(args.warmup + args.requests):
+            ids = lists[n % len(lists)]
+            start = time.perf_counter()
+            found_http = via_http(ids)
+            middle = time.perf_counter()
+            found_sql = via_sql(ids)
+            end = time.perf_counter()
+            assert found_http == found_sql == 5_000, (found_http, found_sql)
+            if n >= args.warmup:
+                http_times.append(middle - start)
+                sql_times.append(end - middle)
+
+    http50, http99 = percentile(http_times, 50), percentile(http_times, 99)
+    sql50, sql99 = percentile(sql_times, 50), percentile(sql_times, 99)
+    print(f"\nbulk check of 10,000 ids against {objectors:,} objections ({args.requests} requests each)")
+    print(f"  HTTP      p50 {http50 * 1000:7.1f} ms   p99 {http99 * 1000:7.1f} ms")
+    print(f"  bare SQL  p50 {sql50 * 1000:7.1f} ms   p99 {sql99 * 1000:7.1f} ms")
+    print(f"  ratio     p50 {http50 / sql50:7.2f}x (target <= 1.5x)   p99 {http99 / sql99:7.2f}x (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
