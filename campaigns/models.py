@@ -7,7 +7,13 @@ campaign and the exact notice version a person was shown (DESIGN invariant 5).
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+
+class ObjectedPolicy(models.TextChoices):
+    VARIANT = "variant", _("send the “already objected” variant")
+    SKIP = "skip", _("send nothing")
 
 
 class Campaign(models.Model):
@@ -37,6 +43,29 @@ class Campaign(models.Model):
     dpo_email = models.EmailField(_("data protection officer's email"), blank=True)
     contact_email = models.EmailField(_("contact email"), blank=True)
     policy_url = models.URLField(_("privacy policy URL"), blank=True)
+
+    # Who gets it, how, when (campaigns.services.campaign_launch and campaigns.dispatch).
+    send_mail = models.BooleanField(_("send by mail"), default=True)
+    send_inapp = models.BooleanField(_("show in the app"), default=False)
+    # Empty: everyone. Otherwise ISO country codes (EU/EEA) and LANGUAGES codes.
+    countries = models.JSONField(_("countries"), default=list, blank=True)
+    languages = models.JSONField(_("languages"), default=list, blank=True)
+    scheduled_at = models.DateTimeField(_("send from"), null=True, blank=True)
+    # Nothing goes out after this moment, whatever happened before (an outage, a pause).
+    expires_at = models.DateTimeField(_("send until"), null=True, blank=True)
+    send_rate = models.PositiveIntegerField(_("mails per second"), default=50)
+    objected_policy = models.CharField(
+        _("people who already objected"),
+        max_length=16,
+        choices=ObjectedPolicy.choices,
+        default=ObjectedPolicy.VARIANT,
+    )
+    launched_at = models.DateTimeField(_("launched at"), null=True, blank=True, editable=False)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True, editable=False)
+    # Why the campaign paused itself (an error rate past the threshold); empty otherwise.
+    pause_reason = models.CharField(_("pause reason"), max_length=300, blank=True, editable=False)
+    # Last time a dispatch task claimed work; the periodic tick restarts dispatch when stale.
+    dispatched_at = models.DateTimeField(_("last dispatch"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("campaign")
@@ -109,3 +138,106 @@ class Suppression(models.Model):
             models.Index(fields=["subject_id"], name="campaigns_suppr_subject"),
             models.Index(fields=["email"], name="campaigns_suppr_email"),
         ]
+
+
+class Recipient(models.Model):
+    """One person of the audience (DESIGN data flow 1). The email is erased once the
+    retention period after their last campaign has passed; the row, the deliveries and
+    the ledger stay, so counts and proofs survive (campaigns.audience)."""
+
+    subject_id = models.CharField(_("subject id"), max_length=128, unique=True)
+    email = models.EmailField(_("email"), blank=True)
+    language = models.CharField(_("language"), max_length=8)
+    country = models.CharField(_("country"), max_length=2)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), default=timezone.now)
+    last_campaign_ended_at = models.DateTimeField(_("last campaign ended at"), null=True, blank=True)
+    email_erased_at = models.DateTimeField(_("email erased at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("recipient")
+        verbose_name_plural = _("recipients")
+        indexes = [
+            # campaigns.audience.recipients_erase_expired
+            models.Index(
+                fields=["last_campaign_ended_at"],
+                condition=~models.Q(email=""),
+                name="campaigns_recipient_retention",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject_id
+
+
+class Delivery(models.Model):
+    """One notice to one person on one channel, created at launch before anything is
+    sent (DESIGN invariant 4). Status moves only through conditional UPDATEs in
+    campaigns.dispatch; `claim` names the dispatch batch that holds a row in "sending"."""
+
+    class Channel(models.TextChoices):
+        MAIL = "mail", _("mail")
+        INAPP = "inapp", _("in-app")
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SENDING = "sending", _("sending")
+        SENT = "sent", _("sent")
+        FAILED = "failed", _("failed")
+        # The worker died while this mail was in flight: it may or may not have gone out.
+        # Never retried automatically, so nobody is mailed twice.
+        UNKNOWN = "unknown", _("outcome unknown")
+        SKIPPED = "skipped", _("skipped")
+        CANCELLED = "cancelled", _("cancelled")
+        EXPIRED = "expired", _("expired")
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.PROTECT, db_index=False, related_name="deliveries", verbose_name=_("campaign")
+    )
+    subject_id = models.CharField(_("subject id"), max_length=128)
+    channel = models.CharField(_("channel"), max_length=8, choices=Channel.choices)
+    notice_version = models.ForeignKey(
+        NoticeVersion, on_delete=models.PROTECT, db_index=False, related_name="+", verbose_name=_("notice version")
+    )
+    # When the person had objected before launch (they get the "already objected" variant).
+    objected_at = models.DateTimeField(_("had objected on"), null=True, blank=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    claim = models.UUIDField(_("claim"), null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    message_id = models.CharField(_("Message-ID"), max_length=200, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "subject_id", "channel"], name="campaigns_delivery_one_per_channel"
+            ),
+        ]
+        indexes = [
+            # campaigns.dispatch claim: pending mail of one campaign, oldest id first
+            models.Index(
+                fields=["campaign", "id"],
+                condition=models.Q(status="pending", channel="mail"),
+                name="campaigns_delivery_pending",
+            ),
+            # campaigns.dispatch settle: rows left in "sending" by a dead worker
+            models.Index(
+                fields=["claimed_at"],
+                condition=models.Q(status="sending"),
+                name="campaigns_delivery_sending",
+            ),
+            # the in-app notices of one subject
+            models.Index(
+                fields=["subject_id"],
+                condition=models.Q(channel="inapp"),
+                name="campaigns_delivery_inapp",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}/{self.subject_id}/{self.channel}: {self.status}"

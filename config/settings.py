@@ -126,7 +126,28 @@ CELERY_TIMEZONE = "UTC"
 # Sends outbox mail left pending while the broker was down (optout/outbox.py).
 CELERY_BEAT_SCHEDULE = {
     "optout-outbox-sweep": {"task": "optout.outbox_sweep", "schedule": env_int("DEMUR_OUTBOX_SWEEP_SECONDS", 60, minimum=5)},
+    # Starts due campaigns, expires late ones, settles dead workers' claims, restarts
+    # stalled dispatch, completes finished campaigns (campaigns/dispatch.py).
+    "campaigns-tick": {"task": "campaigns.tick", "schedule": env_int("DEMUR_CAMPAIGN_TICK_SECONDS", 10, minimum=1)},
+    "campaigns-retention": {"task": "campaigns.retention", "schedule": 3600},
 }
+
+# --- Campaigns -----------------------------------------------------------------------------
+
+# A recipient's email is erased this many days after their last campaign ended.
+DEMUR_RECIPIENT_RETENTION_DAYS = env_int("DEMUR_RECIPIENT_RETENTION_DAYS", 180, minimum=1)
+# Mails one dispatch task claims at a time (fewer when the campaign's rate is lower).
+DEMUR_DISPATCH_BATCH = env_int("DEMUR_DISPATCH_BATCH", 200, minimum=1)
+# Dispatch tasks each running campaign keeps in the queue (spread over all workers).
+DEMUR_DISPATCH_PARALLELISM = env_int("DEMUR_DISPATCH_PARALLELISM", 4, minimum=1)
+# A delivery in "sending" longer than this (s) belongs to a dead worker. Workers give
+# back a claim after half of it, so keep it well above EMAIL_TIMEOUT.
+DEMUR_DELIVERY_CLAIM_TIMEOUT = env_int("DEMUR_DELIVERY_CLAIM_TIMEOUT", 300, minimum=1)
+# Transient errors are retried with backoff until this many attempts.
+DEMUR_DELIVERY_MAX_ATTEMPTS = env_int("DEMUR_DELIVERY_MAX_ATTEMPTS", 5, minimum=1)
+# A campaign pauses itself when a batch of at least MIN mails fails at this rate (%).
+DEMUR_CAMPAIGN_PAUSE_ERROR_PERCENT = env_int("DEMUR_CAMPAIGN_PAUSE_ERROR_PERCENT", 50, minimum=1)
+DEMUR_CAMPAIGN_PAUSE_MIN_MAILS = env_int("DEMUR_CAMPAIGN_PAUSE_MIN_MAILS", 20, minimum=1)
 
 # --- Mail --------------------------------------------------------------------------------
 
@@ -140,6 +161,8 @@ EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
 EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
 EMAIL_FILE_PATH = _email.get("EMAIL_FILE_PATH") or str(VAR_DIR / "mail")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Demur <privacy@localhost>")
+# Seconds an SMTP connection may block; a dispatch claim outlives it (DEMUR_DELIVERY_CLAIM_TIMEOUT).
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30, minimum=1)
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Provider credentials for django-anymail backends (EMAIL_BACKEND=anymail.backends.<esp>.EmailBackend).
 ANYMAIL = {

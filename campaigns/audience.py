@@ -1,0 +1,296 @@
+"""The audience: recipients from CSV (`manage.py import_audience`), and the retention
+that erases their email once their last campaign has long ended.
+
+An import is all or nothing: every line is validated first, and one bad line (or a
+subject id given twice) rolls the whole file back with every problem listed by line
+number. A subject already in the audience is updated (email, language, country).
+
+On PostgreSQL the rows stream through COPY into a staging table and one set-based
+`INSERT ... ON CONFLICT` upserts them; elsewhere (the SQLite quick start) the ORM does the
+same in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from campaigns.models import Recipient
+from optout.countries import EU_EEA
+
+COLUMNS = ("subject_id", "email", "language", "country")
+MAX_ERRORS_KEPT = 10_000
+_COUNTRIES = frozenset(EU_EEA)
+# A cheap pre-check that accepts the common address shape; anything else still goes
+# through Django's validator, which is exact but ten times slower.
+_SIMPLE_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
+
+
+@dataclass
+class AudienceReport:
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def add_error(self, line: int | None, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            prefix = _("line {line}: ").format(line=line) if line else ""
+            self.errors.append(prefix + message)
+
+
+@dataclass(frozen=True)
+class AudienceRow:
+    line: int
+    subject_id: str
+    email: str
+    language: str
+    country: str
+
+
+class _Invalid(Exception):
+    """Raised inside the import transaction to roll it back."""
+
+
+def _languages() -> frozenset[str]:
+    return frozenset(code for code, _name in settings.LANGUAGES)
+
+
+def audience_row_problems(subject_id: str, email: str, language: str, country: str, languages: frozenset[str]) -> list[str]:
+    """What is wrong with one recipient (empty when nothing is); shared with the API."""
+    problems = []
+    if not subject_id:
+        problems.append(_("subject_id is empty"))
+    elif len(subject_id) > 128 or not subject_id.isprintable():
+        problems.append(_("subject_id must be at most 128 printable characters"))
+    if not email:
+        problems.append(_("email is empty"))
+    elif len(email) > 254 or not _SIMPLE_EMAIL.fullmatch(email):
+        try:
+            validate_email(email)
+        except ValidationError:
+            problems.append(_("email {email!r} is not a valid address").format(email=email))
+    if language not in languages:
+        problems.append(_("unknown language {language!r}").format(language=language))
+    if country not in _COUNTRIES:
+        problems.append(_("country {country!r} is not an EU or EEA country code").format(country=country))
+    return problems
+
+
+def audience_import(path: str, *, progress: Callable[[int], None] | None = None) -> AudienceReport:
+    """Validate and upsert the recipients in `path`: all of them, or none."""
+    report = AudienceReport()
+    rows = _parse(path, report, progress)
+    return audience_load(rows, report)
+
+
+def audience_load(rows: Iterable[AudienceRow], report: AudienceReport) -> AudienceReport:
+    """Upsert already-parsed rows in one transaction (the CSV import and the API)."""
+    now = timezone.now()
+    load = _load_postgres if connection.vendor == "postgresql" else _load_orm
+    try:
+        with transaction.atomic():
+            load(_counted(rows, report), report, now)
+    except _Invalid:
+        report.created = report.updated = report.unchanged = 0
+    return report
+
+
+def _counted(rows: Iterable[AudienceRow], report: AudienceReport) -> Iterator[AudienceRow]:
+    for row in rows:
+        report.rows += 1
+        yield row
+
+
+def _check_complete(report: AudienceReport) -> None:
+    if report.ok and report.rows == 0:
+        report.add_error(None, _("The file has no rows to import."))
+    if not report.ok:
+        raise _Invalid
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _lines(path: str, progress: Callable[[int], None] | None) -> Iterator[str]:
+    # surrogateescape keeps undecodable bytes visible, so the line holding them is named.
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if progress:
+                progress(len(raw))
+            yield raw.decode("utf-8", errors="surrogateescape")
+
+
+def _parse(path: str, report: AudienceReport, progress: Callable[[int], None] | None) -> Iterator[AudienceRow]:
+    reader = csv.reader(_lines(path, progress), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        report.add_error(None, _("The file is empty."))
+        return
+    except csv.Error as exc:
+        report.add_error(1, _("not a valid CSV line ({detail}).").format(detail=exc))
+        return
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    header = [name.strip().lower() for name in header]
+    missing = [name for name in COLUMNS if name not in header]
+    unknown = [name for name in header if name not in COLUMNS]
+    if missing or unknown:
+        if missing:
+            report.add_error(1, _("missing column(s): {columns}.").format(columns=", ".join(missing)))
+        if unknown:
+            report.add_error(1, _("unknown column(s): {columns}.").format(columns=", ".join(unknown)))
+        return
+    i_subject, i_email, i_language, i_country = (header.index(name) for name in COLUMNS)
+    width = len(header)
+    languages = _languages()
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.add_error(reader.line_num, _("not a valid CSV line ({detail}).").format(detail=exc))
+            continue
+        line = reader.line_num
+        if not values:
+            continue
+        if len(values) != width:
+            report.add_error(line, _("expected {expected} fields, found {found}.").format(expected=width, found=len(values)))
+            continue
+        try:
+            "".join(values).encode("utf-8")
+        except UnicodeEncodeError:
+            report.add_error(line, _("the text is not valid UTF-8."))
+            continue
+        subject_id = values[i_subject].strip()
+        email = values[i_email].strip()
+        language = values[i_language].strip().lower()
+        country = values[i_country].strip().upper()
+        problems = audience_row_problems(subject_id, email, language, country, languages)
+        if problems:
+            report.add_error(line, "; ".join(problems) + ".")
+            continue
+        yield AudienceRow(line, subject_id, email, language, country)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _load_orm(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
+    chosen: dict[str, AudienceRow] = {}
+    for row in rows:
+        first = chosen.get(row.subject_id)
+        if first is not None:
+            report.add_error(
+                row.line,
+                _("subject_id {subject_id!r} is also on line {other}.").format(subject_id=row.subject_id, other=first.line),
+            )
+            continue
+        chosen[row.subject_id] = row
+    _check_complete(report)
+    ids = list(chosen)
+    existing: dict[str, Recipient] = {}
+    for start in range(0, len(ids), 500):
+        for recipient in Recipient.objects.filter(subject_id__in=ids[start : start + 500]):
+            existing[recipient.subject_id] = recipient
+    new, changed = [], []
+    for row in chosen.values():
+        recipient = existing.get(row.subject_id)
+        if recipient is None:
+            new.append(Recipient(subject_id=row.subject_id, email=row.email, language=row.language, country=row.country, created_at=now, updated_at=now))
+        elif (recipient.email, recipient.language, recipient.country) != (row.email, row.language, row.country):
+            recipient.email, recipient.language, recipient.country = row.email, row.language, row.country
+            recipient.updated_at, recipient.email_erased_at = now, None
+            changed.append(recipient)
+    Recipient.objects.bulk_create(new, batch_size=500)
+    Recipient.objects.bulk_update(changed, ["email", "language", "country", "updated_at", "email_erased_at"], batch_size=500)
+    report.created, report.updated = len(new), len(changed)
+    report.unchanged = len(chosen) - len(new) - len(changed)
+
+
+_UPSERT_SQL = """
+WITH upserted AS (
+    INSERT INTO campaigns_recipient AS r (subject_id, email, language, country, created_at, updated_at)
+    SELECT subject_id, email, language, country, %(now)s, %(now)s FROM audience_staging
+    ON CONFLICT (subject_id) DO UPDATE SET
+        email = EXCLUDED.email, language = EXCLUDED.language, country = EXCLUDED.country,
+        updated_at = EXCLUDED.updated_at, email_erased_at = NULL
+    WHERE (r.email, r.language, r.country) IS DISTINCT FROM (EXCLUDED.email, EXCLUDED.language, EXCLUDED.country)
+    RETURNING xmax = 0 AS created
+)
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
+"""
+
+
+def _load_postgres(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
+    with connection.cursor() as cursor:
+        pg = cursor.cursor  # the psycopg cursor, for COPY
+        pg.execute("DROP TABLE IF EXISTS pg_temp.audience_staging")
+        pg.execute(
+            "CREATE TEMP TABLE audience_staging (line integer, subject_id text, email text, language text, country text)"
+        )
+        with pg.copy("COPY audience_staging (line, subject_id, email, language, country) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((row.line, row.subject_id, row.email, row.language, row.country))
+        pg.execute(
+            """
+            SELECT line, subject_id, first_line FROM (
+                SELECT line, subject_id, min(line) OVER (PARTITION BY subject_id) AS first_line
+                FROM audience_staging
+            ) s WHERE line > first_line ORDER BY line
+            """
+        )
+        for line, subject_id, first_line in pg.fetchall():
+            report.add_error(
+                line,
+                _("subject_id {subject_id!r} is also on line {other}.").format(subject_id=subject_id, other=first_line),
+            )
+        _check_complete(report)
+        pg.execute("SET LOCAL work_mem = '256MB'")
+        pg.execute(_UPSERT_SQL, {"now": now})
+        created, updated = pg.fetchone()
+        pg.execute("DROP TABLE pg_temp.audience_staging")
+    report.created, report.updated = created, updated
+    report.unchanged = report.rows - created - updated
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def recipients_erase_expired(*, now: datetime | None = None) -> int:
+    """Erase the email of everyone whose last campaign ended more than
+    DEMUR_RECIPIENT_RETENTION_DAYS ago and who is in no campaign still sending. The
+    recipient row, the deliveries and the ledger stay. Returns how many were erased."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.DEMUR_RECIPIENT_RETENTION_DAYS)
+    from campaigns.models import Campaign, Delivery
+
+    active = Delivery.objects.filter(
+        campaign__status__in=[Campaign.Status.SCHEDULED, Campaign.Status.RUNNING, Campaign.Status.PAUSED],
+        status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING],
+    ).values("subject_id")
+    return (
+        Recipient.objects.filter(last_campaign_ended_at__lt=cutoff)
+        .exclude(email="")
+        .exclude(subject_id__in=active)
+        .update(email="", email_erased_at=now)
+    )

@@ -1,0 +1,98 @@
+"""The audience import: all or nothing, bad lines named, re-import updates; retention
+erases the email after the last campaign and keeps everything else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from campaigns.audience import audience_import, recipients_erase_expired
+from campaigns.models import Recipient
+
+pytestmark = pytest.mark.django_db
+
+
+def _csv(tmp_path, text: str, name: str = "audience.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_it_adds_then_updates_recipients(tmp_path):
+    first = _csv(tmp_path, "subject_id,email,language,country\nu1,ana@example.com,de,DE\nu2,bo@example.com,pl,PL\n")
+    report = audience_import(first)
+    assert report.ok and (report.rows, report.created, report.updated) == (2, 2, 0)
+
+    second = _csv(
+        tmp_path,
+        "country,language,email,subject_id\nDE,de,ana@example.com,u1\nAT,de,bo@example.at,u2\nMT,mt,cy@example.com,u3\n",
+        "again.csv",
+    )
+    report = audience_import(second)
+    assert report.ok and (report.created, report.updated, report.unchanged) == (1, 1, 1)
+    assert dict(Recipient.objects.values_list("subject_id", "country")) == {"u1": "DE", "u2": "AT", "u3": "MT"}
+    assert Recipient.objects.get(subject_id="u2").email == "bo@example.at"
+
+
+def test_it_lists_every_bad_line_and_keeps_nothing(tmp_path):
+    path = _csv(
+        tmp_path,
+        "subject_id,email,language,country\n"
+        "u1,ana@example.com,de,DE\n"
+        ",nobody@example.com,de,DE\n"
+        "u3,not-an-address,de,DE\n"
+        "u4,x@example.com,xx,DE\n"
+        "u5,x@example.com,en,US\n"
+        "u6,x@example.com,en\n"
+        "u1,again@example.com,en,IE\n",
+    )
+    report = audience_import(path)
+
+    assert not report.ok
+    text = "\n".join(report.errors)
+    assert "line 3: subject_id is empty" in text
+    assert "line 4: email 'not-an-address' is not a valid address" in text
+    assert "line 5: unknown language 'xx'" in text
+    assert "line 6: country 'US' is not an EU or EEA country code" in text
+    assert "line 7: expected 4 fields, found 3" in text
+    assert "line 8: subject_id 'u1' is also on line 2" in text
+    assert report.error_count == 6
+    assert Recipient.objects.count() == 0
+
+
+def test_it_refuses_a_file_with_a_missing_column(tmp_path):
+    report = audience_import(_csv(tmp_path, "subject_id,email,language\nu1,a@example.com,de\n"))
+    assert not report.ok and report.errors == ["line 1: missing column(s): country."]
+
+
+def test_it_reports_through_the_command(tmp_path):
+    good = _csv(tmp_path, "subject_id,email,language,country\nu1,ana@example.com,de,DE\n")
+    out = StringIO()
+    call_command("import_audience", good, stdout=out)
+    assert "1 recipients added" in out.getvalue()
+
+    bad = _csv(tmp_path, "subject_id,email,language,country\nu2,ana@example.com,de,ZZ\n", "bad.csv")
+    err = StringIO()
+    with pytest.raises(CommandError, match="1 problem"):
+        call_command("import_audience", bad, stderr=err)
+    assert "line 2:" in err.getvalue()
+    assert list(Recipient.objects.values_list("subject_id", flat=True)) == ["u1"]
+
+
+def test_it_erases_the_email_only_after_the_retention_period(settings):
+    settings.DEMUR_RECIPIENT_RETENTION_DAYS = 30
+    now = timezone.now()
+    Recipient.objects.create(subject_id="old", email="old@example.com", language="en", country="IE", last_campaign_ended_at=now - dt.timedelta(days=31))
+    Recipient.objects.create(subject_id="recent", email="new@example.com", language="en", country="IE", last_campaign_ended_at=now - dt.timedelta(days=29))
+    Recipient.objects.create(subject_id="never", email="never@example.com", language="en", country="IE")
+
+    assert recipients_erase_expired(now=now) == 1
+
+    emails = dict(Recipient.objects.values_list("subject_id", "email"))
+    assert emails == {"old": "", "recent": "new@example.com", "never": "never@example.com"}
+    assert Recipient.objects.get(subject_id="old").email_erased_at == now
+    assert recipients_erase_expired(now=now) == 0
