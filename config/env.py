@@ -68,7 +68,7 @@ def env_url_config(name: str, default: str, kind: str) -> dict:
     parse = {"db": _env.db_url_config, "cache": _env.cache_url_config, "email": _env.email_url_config}[kind]
     try:
         config = parse(raw)
-    except Exception as exc:  # django-environ raises several types for bad URLs
+    except Exception as exc:  # noqa: BLE001 - django-environ raises several types for bad URLs
         raise ImproperlyConfigured(f"{name} is not a valid {kind} URL: {exc}") from None
     if kind == "db" and config.get("ENGINE") not in SUPPORTED_DATABASE_ENGINES:
         raise ImproperlyConfigured(

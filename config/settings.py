@@ -37,7 +37,7 @@ if not DEBUG and not ALLOWED_HOSTS:
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000" if DEBUG else None, required=not DEBUG).rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.DemurAdminConfig",  # django.contrib.admin with the feed-stall warning
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -54,6 +54,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.RequestIdMiddleware",
+    "config.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -285,15 +287,42 @@ SPECTACULAR_SETTINGS = {
 DEMUR_DEFAULT_PURPOSE = "ai-training"
 # How long the signed links in notices and receipts stay valid (seconds; 12 months).
 DEMUR_LINK_MAX_AGE = env_int("DEMUR_LINK_MAX_AGE", 365 * 24 * 3600, minimum=60)
-
-LOGGING = {
-    "version": 1,
 # The public form's verification link: single use, valid this long (seconds).
 DEMUR_VERIFY_MAX_AGE = env_int("DEMUR_VERIFY_MAX_AGE", 30 * 60, minimum=60)
 # Public form rate limits (django-ratelimit on the shared cache): per IP and per address.
 DEMUR_FORM_RATE_IP = env_str("DEMUR_FORM_RATE_IP", "30/h")
 DEMUR_FORM_RATE_EMAIL = env_str("DEMUR_FORM_RATE_EMAIL", "5/h")
+
+# --- Operations ----------------------------------------------------------------------------
+
+# /metrics answers a bearer token or these addresses; nobody else.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+# The admin warns when a transaction has held the change feed back longer than this (s).
+DEMUR_FEED_STALL_WARNING = env_int("DEMUR_FEED_STALL_WARNING", 60, minimum=1)
+
+# One JSON object per line (LOG_FORMAT=plain for a terminal), with the request id, and
+# email addresses, tokens and keys masked (config.logs).
+LOGGING = {
+    "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "config.logs.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "config.logs.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": env_str("LOG_FORMAT", "json"),
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+if LOGGING["handlers"]["console"]["formatter"] not in LOGGING["formatters"]:
+    raise ImproperlyConfigured("LOG_FORMAT must be json or plain.")

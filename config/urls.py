@@ -4,9 +4,14 @@ from django.conf.urls.i18n import i18n_patterns
 from django.contrib import admin
 from django.urls import include, path
 
+from config.health import healthz, readyz
+from config.metrics import metrics_view
 from optout import views as optout_views
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("optout.api_urls")),
     # A notice link with its language prefix cut off: reopen it in the token's language.

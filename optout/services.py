@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from config.metrics import OBJECTIONS_RECORDED
 from optout.ledger import GENESIS_HASH, event_hash, new_receipt
 from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
 
@@ -199,6 +200,7 @@ def _append(
                 _("This idempotency key was already used for a different request.")
             ) from None
 
+        transaction.on_commit(OBJECTIONS_RECORDED.labels(action, source).inc)
         state.objected = action == Action.OBJECTED
         state.source = source
         state.received_at = received_at
