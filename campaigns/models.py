@@ -173,7 +173,9 @@ class Recipient(models.Model):
 class Delivery(models.Model):
     """One notice to one person on one channel, created at launch before anything is
     sent (DESIGN invariant 4). Status moves only through conditional UPDATEs in
-    campaigns.dispatch; `claim` names the dispatch batch that holds a row in "sending"."""
+    campaigns.dispatch; `claim` names the dispatch batch that holds a row (claimed or
+    sending). A dead worker's claimed rows go back to pending; its one row in "sending"
+    may have gone out, so it becomes "unknown" rather than be sent twice."""
 
     class Channel(models.TextChoices):
         MAIL = "mail", _("mail")
@@ -181,6 +183,9 @@ class Delivery(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")
+        # Held by a dispatch batch, not yet handed to the mail backend.
+        CLAIMED = "claimed", _("claimed")
+        # Being handed to the mail backend right now.
         SENDING = "sending", _("sending")
         SENT = "sent", _("sent")
         FAILED = "failed", _("failed")
@@ -225,10 +230,10 @@ class Delivery(models.Model):
                 condition=models.Q(status="pending", channel="mail"),
                 name="campaigns_delivery_pending",
             ),
-            # campaigns.dispatch settle: rows left in "sending" by a dead worker
+            # campaigns.dispatch settle: rows left claimed or sending by a dead worker
             models.Index(
                 fields=["claimed_at"],
-                condition=models.Q(status="sending"),
+                condition=models.Q(status__in=["claimed", "sending"]),
                 name="campaigns_delivery_sending",
             ),
             # the in-app notices of one subject

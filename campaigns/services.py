@@ -1,14 +1,25 @@
-"""Writes for campaigns: freezing notice versions, sending a test notice to staff."""
+"""Writes for campaigns: freezing notice versions, sending a test notice to staff,
+launching, and the guarded state transitions of the campaign engine."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from django.utils.translation import gettext
 
-from campaigns.models import Campaign, NoticeVersion
+from campaigns.models import (
+    Campaign,
+    Delivery,
+    NoticeVersion,
+    ObjectedPolicy,
+    Recipient,
+    Suppression,
+)
 from campaigns.notices import notice_build, notice_email
+from optout.models import ObjectionState
 
 
 def notice_versions_freeze(*, campaign_id: int) -> list[NoticeVersion]:
@@ -47,3 +58,218 @@ def notice_test_send(
     objected_on = dt.date.today() if already_objected else None
     notice_email(version, to=to, name=name, subject_id=f"staff-test-{to}", objected_on=objected_on).send()
     return version
+
+
+# --- The campaign engine: launch and guarded state transitions ----------------------------
+#
+# Every transition is one conditional UPDATE (`WHERE status IN (...)`) that must change
+# exactly one row, so two staff members (or staff and a worker) racing on one campaign
+# can never both win, and nothing reads a status before writing it.
+
+
+class CampaignStateError(Exception):
+    """The campaign is not in a state that allows what was asked."""
+
+
+def _transition(
+    campaign_id: int,
+    *,
+    allowed: tuple[str, ...],
+    to: str,
+    action: str,
+    **values,
+) -> None:
+    changed = Campaign.objects.filter(pk=campaign_id, status__in=allowed).update(status=to, **values)
+    if changed != 1:
+        status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
+        if status is None:
+            raise CampaignStateError(gettext("There is no campaign {id}.").format(id=campaign_id))
+        raise CampaignStateError(
+            gettext("A campaign cannot be {action} while it is {status}.").format(
+                action=action, status=Campaign.Status(status).label
+            )
+        )
+
+
+def campaign_launch(*, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Freeze the notice in every language and create one delivery per (recipient,
+    channel) of the audience in one statement; then the campaign is scheduled (it has a
+    start in the future) or running. Returns the number of deliveries created.
+
+    Only a draft can be launched: launching again creates nothing and says why."""
+    from campaigns.dispatch import dispatch_enqueue
+
+    now = now or timezone.now()
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.status != Campaign.Status.DRAFT:
+        raise CampaignStateError(
+            gettext("A campaign cannot be {action} while it is {status}.").format(
+                action=gettext("launched"), status=campaign.get_status_display()
+            )
+        )
+    if not (campaign.send_mail or campaign.send_inapp):
+        raise CampaignStateError(gettext("Choose at least one channel: mail or in-app."))
+    if campaign.expires_at and campaign.expires_at <= now:
+        raise CampaignStateError(gettext("The campaign's end of sending has already passed."))
+    notice_versions_freeze(campaign_id=campaign_id)  # idempotent; slow rendering outside the lock
+    starts_later = bool(campaign.scheduled_at and campaign.scheduled_at > now)
+    with transaction.atomic():
+        # Locks out a concurrent launch until this one has committed or rolled back.
+        locked = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if locked.status != Campaign.Status.DRAFT:
+            raise CampaignStateError(
+                gettext("A campaign cannot be {action} while it is {status}.").format(
+                    action=gettext("launched"), status=locked.get_status_display()
+                )
+            )
+        created = deliveries_create(campaign=locked)
+        _transition(
+            campaign_id,
+            allowed=(Campaign.Status.DRAFT,),
+            to=Campaign.Status.SCHEDULED if starts_later else Campaign.Status.RUNNING,
+            action=gettext("launched"),
+            launched_at=now,
+        )
+        if not starts_later:
+            transaction.on_commit(lambda: dispatch_enqueue(campaign_id=campaign_id))
+    return created
+
+
+_DELIVERIES_SQL = """
+INSERT INTO campaigns_delivery (
+    campaign_id, subject_id, channel, notice_version_id, objected_at, status, attempts, message_id, error
+)
+SELECT %(campaign)s, r.subject_id, ch.channel, v.id, s.received_at,
+       CASE WHEN s.id IS NOT NULL AND %(skip_objected)s THEN 'skipped' ELSE 'pending' END, 0, '', ''
+FROM campaigns_recipient r
+JOIN campaigns_noticeversion v ON v.campaign_id = %(campaign)s AND v.language = r.language
+CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
+LEFT JOIN optout_objectionstate s
+    ON s.subject_id = r.subject_id AND s.purpose_id = %(purpose)s AND s.objected
+WHERE (cardinality(%(countries)s::text[]) = 0 OR r.country = ANY(%(countries)s::text[]))
+  AND (cardinality(%(languages)s::text[]) = 0 OR r.language = ANY(%(languages)s::text[]))
+  AND NOT (ch.channel = 'mail' AND (
+      r.email = ''
+      OR EXISTS (SELECT 1 FROM campaigns_suppression x WHERE x.subject_id = r.subject_id)
+      OR EXISTS (SELECT 1 FROM campaigns_suppression x WHERE x.email = r.email)
+  ))
+ON CONFLICT (campaign_id, subject_id, channel) DO NOTHING
+"""
+
+
+def deliveries_create(*, campaign: Campaign) -> int:
+    """One delivery per matching recipient and channel, pointing at the frozen version of
+    the recipient's language (DESIGN invariant 5). Mail skips suppressed subjects and
+    addresses (unsubscribed, bounced, complained); in-app notices are still shown to
+    them. Existing deliveries are left alone, so this never creates one twice."""
+    channels = [
+        channel
+        for channel, wanted in ((Delivery.Channel.MAIL, campaign.send_mail), (Delivery.Channel.INAPP, campaign.send_inapp))
+        if wanted
+    ]
+    skip_objected = campaign.objected_policy == ObjectedPolicy.SKIP
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _DELIVERIES_SQL,
+                {
+                    "campaign": campaign.pk,
+                    "purpose": campaign.purpose_id,
+                    "channels": channels,
+                    "countries": list(campaign.countries),
+                    "languages": list(campaign.languages),
+                    "skip_objected": skip_objected,
+                },
+            )
+            return cursor.rowcount
+    return _deliveries_create_orm(campaign, channels, skip_objected)
+
+
+def _deliveries_create_orm(campaign: Campaign, channels: list[str], skip_objected: bool) -> int:
+    """The same as _DELIVERIES_SQL for SQLite (the quick start), in batches."""
+    versions = dict(NoticeVersion.objects.filter(campaign=campaign).values_list("language", "id"))
+    recipients = Recipient.objects.filter(language__in=list(versions))
+    if campaign.countries:
+        recipients = recipients.filter(country__in=campaign.countries)
+    if campaign.languages:
+        recipients = recipients.filter(language__in=campaign.languages)
+    suppressed_subjects = set(Suppression.objects.exclude(subject_id="").values_list("subject_id", flat=True))
+    suppressed_emails = set(Suppression.objects.exclude(email="").values_list("email", flat=True))
+    objected = dict(
+        ObjectionState.objects.filter(purpose_id=campaign.purpose_id, objected=True).values_list("subject_id", "received_at")
+    )
+    before = Delivery.objects.filter(campaign=campaign).count()
+    batch = []
+    for recipient in recipients.iterator(chunk_size=2000):
+        objected_at = objected.get(recipient.subject_id)
+        for channel in channels:
+            if channel == Delivery.Channel.MAIL and (
+                not recipient.email or recipient.subject_id in suppressed_subjects or recipient.email in suppressed_emails
+            ):
+                continue
+            batch.append(
+                Delivery(
+                    campaign=campaign,
+                    subject_id=recipient.subject_id,
+                    channel=channel,
+                    notice_version_id=versions[recipient.language],
+                    objected_at=objected_at,
+                    status=Delivery.Status.SKIPPED if objected_at and skip_objected else Delivery.Status.PENDING,
+                )
+            )
+        if len(batch) >= 2000:
+            Delivery.objects.bulk_create(batch, ignore_conflicts=True)
+            batch = []
+    Delivery.objects.bulk_create(batch, ignore_conflicts=True)
+    return Delivery.objects.filter(campaign=campaign).count() - before
+
+
+def campaign_pause(*, campaign_id: int, reason: str = "") -> None:
+    """Stop sending within a batch: workers read the status before each batch."""
+    _transition(
+        campaign_id,
+        allowed=(Campaign.Status.RUNNING,),
+        to=Campaign.Status.PAUSED,
+        action=gettext("paused"),
+        pause_reason=reason[:300],
+    )
+
+
+def campaign_resume(*, campaign_id: int) -> None:
+    from campaigns.dispatch import dispatch_enqueue
+
+    with transaction.atomic():
+        _transition(
+            campaign_id,
+            allowed=(Campaign.Status.PAUSED,),
+            to=Campaign.Status.RUNNING,
+            action=gettext("resumed"),
+            pause_reason="",
+        )
+        transaction.on_commit(lambda: dispatch_enqueue(campaign_id=campaign_id))
+
+
+def campaign_cancel(*, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Stop the campaign for good; deliveries not yet sent are cancelled (a mail in
+    flight finishes). Returns how many deliveries were cancelled."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _transition(
+            campaign_id,
+            allowed=(Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.RUNNING, Campaign.Status.PAUSED),
+            to=Campaign.Status.CANCELLED,
+            action=gettext("cancelled"),
+            ended_at=now,
+        )
+        cancelled = Delivery.objects.filter(
+            campaign_id=campaign_id, channel=Delivery.Channel.MAIL, status=Delivery.Status.PENDING
+        ).update(status=Delivery.Status.CANCELLED)
+        recipients_mark_campaign_ended(campaign_id=campaign_id, now=now)
+    return cancelled
+
+
+def recipients_mark_campaign_ended(*, campaign_id: int, now: dt.datetime) -> int:
+    """Start the retention clock of everyone the campaign reached (campaigns.audience)."""
+    return Recipient.objects.filter(
+        subject_id__in=Delivery.objects.filter(campaign_id=campaign_id).values("subject_id")
+    ).update(last_campaign_ended_at=now)
