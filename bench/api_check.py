@@ -43,8 +43,7 @@ def id_lists(events: int, extra: int, count: int, seed: int = 4) -> list[list[st
     lists = []
     for _ in range(count):
         ids = []
-        for n in range(5_000):
-            k = rng.randrange(events + extra)
+        for n, k in enumerate(rng.sample(range(events + extra), 5_000)):
             ids.append(f"u{k:09d}" if k < events else f"x{k - events + 1:09d}")
             ids.append(f"nobody-{rng.randrange(10**9)}-{n}")
         lists.append(ids)

@@ -313,21 +313,37 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
     return FeedJsonPage(events_json, len(raw), Cursor(last_xid or 0, last_id), len(raw) == limit)
 
 
-def objection_check(*, purpose_id: int, subject_ids: list[str]) -> dict[str, datetime]:
-    """The effective date of each of `subject_ids` who currently objects; others are absent."""
+def objection_check(*, purpose_id: int, subject_ids: list[str]) -> dict[str, str]:
+    """The effective date (ISO 8601 text, as in the feed) of each of `subject_ids` who
+    currently objects; the others are absent."""
     if connection.vendor == "postgresql":
-        # One array parameter instead of 10,000 placeholders; served by optout_state_objected.
-        with connection.cursor() as db:
+        import psycopg
+
+        # One probe of the partial index per id: the LATERAL join keeps the plan a nested
+        # loop whatever the planner guesses. With `subject_id = ANY(<10,000 ids>)` it
+        # estimates 10,000 matches and scans the whole table (3x slower at 1M rows)
+        # unless a prepared statement's generic plan happens to be used.
+        # A server-side-binding cursor on Django's own connection (same transaction)
+        # sends the ids as one text[] parameter instead of a 10,000-element literal.
+        # PostgreSQL formats the date, which spares parsing and re-formatting it here.
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as db:
             db.execute(
-                "SELECT subject_id, effective_at FROM optout_objectionstate"
-                " WHERE purpose_id = %s AND objected AND subject_id = ANY(%s)",
-                [purpose_id, subject_ids],
+                f"SELECT q.subject_id, {_TS.format(col='s.effective_at')}"
+                " FROM unnest(%s::text[]) AS q(subject_id)"
+                " CROSS JOIN LATERAL (SELECT effective_at FROM optout_objectionstate"
+                "   WHERE subject_id = q.subject_id AND purpose_id = %s AND objected) AS s",
+                [subject_ids, purpose_id],
             )
             return dict(db.fetchall())
-    return dict(
-        ObjectionState.objects.filter(purpose_id=purpose_id, objected=True, subject_id__in=subject_ids)
-        .values_list("subject_id", "effective_at")
-    )
+    from optout.ledger import format_timestamp
+
+    return {
+        subject_id: format_timestamp(effective_at)
+        for subject_id, effective_at in ObjectionState.objects.filter(
+            purpose_id=purpose_id, objected=True, subject_id__in=subject_ids
+        ).values_list("subject_id", "effective_at")
+    }
 
 
 def objectors_iter(*, purpose_id: int, chunk_size: int = 5000):

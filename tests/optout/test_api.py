@@ -381,3 +381,14 @@ def test_the_admin_shows_a_new_key_once_and_revokes_keys(admin_client, client, p
 )
 def test_text_the_database_cannot_store_is_a_400_not_a_500(client, read_key, method, url, body):
     assert_error(call(client, method, url, key=read_key, body=body), 400)
+
+
+def test_the_check_answers_ids_that_need_escaping_exactly(client, read_key):
+    awkward = 'quo"te\\back\nslash é 😀'
+    objection_record(subject_id=awkward, source="api")
+
+    body = json.loads(
+        call(client, "post", "/api/v1/objections/check", key=read_key, body={"subject_ids": [awkward, "ok"]}).content
+    )
+
+    assert [(r["subject_id"], r["objected"]) for r in body["results"]] == [(awkward, True), ("ok", False)]
