@@ -293,6 +293,7 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
     mail_connection = get_connection(fail_silently=False)
     sent = failed = 0
     try:
+        mail_connection.open()  # opened here, send_messages() keeps it for the whole batch
         for index, row in enumerate(rows):
             if time.monotonic() - started > give_back_after:
                 break
@@ -326,6 +327,7 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
                 failed += 1
                 if error.reconnect:
                     mail_connection.close()
+                    _reopen(mail_connection)
                 if error.permanent or row.attempts >= max_attempts:
                     recorder.outcome(row.id, status=S.FAILED, error=str(error)[:2000])
                 else:
@@ -344,6 +346,13 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
         )
     _pause_on_errors(campaign_id, sent=sent, failed=failed)
     return BatchResult(more=True, sent=sent, failed=failed)
+
+
+def _reopen(mail_connection) -> None:
+    try:
+        mail_connection.open()
+    except Exception:
+        logger.info("could not reconnect to the mail backend", exc_info=True)
 
 
 def _pause_on_errors(campaign_id: int, *, sent: int, failed: int) -> None:
