@@ -4,6 +4,8 @@ so the person is told "recorded" only once both are durable."""
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
@@ -12,7 +14,7 @@ from django.utils import timezone
 from campaigns.models import Campaign, NoticeVersion, Suppression
 from optout.formatting import when
 from optout.links import BadLink, ExpiredLink, LinkClaims, objection_url, status_url
-from optout.models import EmailVerification, OutboxMessage, Source
+from optout.models import EmailVerification, OutboxMessage, Purpose, Source
 from optout.outbox import outbox_add
 from optout.services import Receipt, objection_record, objection_withdraw, purpose_get
 
@@ -34,11 +36,26 @@ def _known_ids(claims: LinkClaims) -> tuple[int | None, int | None]:
     return campaign_id, version_id
 
 
-def _receipt_mail(*, receipt: Receipt, to: str, language: str) -> None:
+def purpose_cached(slug: str) -> Purpose | None:
+    """The purpose a link names. Purposes almost never change, and every page view and
+    objection needs one, so each process keeps them for a minute."""
+    now = time.monotonic()
+    hit = _PURPOSES.get(slug)
+    if hit is not None and now - hit[1] < 60:
+        return hit[0]
+    purpose = Purpose.objects.filter(slug=slug).first()
+    if purpose is not None:
+        _PURPOSES[slug] = (purpose, now)
+    return purpose
+
+
+_PURPOSES: dict[str, tuple[Purpose, float]] = {}
+
+
+def _receipt_mail(*, receipt: Receipt, purpose: Purpose, to: str, language: str) -> None:
     if not to:
         return
     status_claims = LinkClaims(subject_id=receipt.subject_id, purpose=receipt.purpose, language=language, email=to)
-    purpose = purpose_get(receipt.purpose)
     objected = receipt.objected
     outbox_add(
         kind=OutboxMessage.Kind.RECEIPT if objected else OutboxMessage.Kind.WITHDRAWAL,
@@ -50,7 +67,9 @@ def _receipt_mail(*, receipt: Receipt, to: str, language: str) -> None:
     )
 
 
-def link_object(*, claims: LinkClaims, reason: str, language: str, source: str = Source.EMAIL_LINK) -> Receipt:
+def link_object(
+    *, claims: LinkClaims, purpose: Purpose, reason: str, language: str, source: str = Source.EMAIL_LINK
+) -> Receipt:
     """An objection from a signed link (a notice, or the status page of a receipt)."""
     campaign_id, version_id = _known_ids(claims)
     with transaction.atomic():
@@ -63,15 +82,15 @@ def link_object(*, claims: LinkClaims, reason: str, language: str, source: str =
             notice_version_id=version_id,
         )
         if receipt.created:
-            _receipt_mail(receipt=receipt, to=claims.email, language=language)
+            _receipt_mail(receipt=receipt, purpose=purpose, to=claims.email, language=language)
     return receipt
 
 
-def link_withdraw(*, claims: LinkClaims, language: str) -> Receipt:
+def link_withdraw(*, claims: LinkClaims, purpose: Purpose, language: str) -> Receipt:
     with transaction.atomic():
         receipt = objection_withdraw(subject_id=claims.subject_id, purpose=claims.purpose, source=Source.EMAIL_LINK)
         if receipt.created:
-            _receipt_mail(receipt=receipt, to=claims.email, language=language)
+            _receipt_mail(receipt=receipt, purpose=purpose, to=claims.email, language=language)
     return receipt
 
 
@@ -175,7 +194,7 @@ def verification_confirm(*, verification_id: int, language: str) -> Receipt:
         verification.used_at = timezone.now()
         verification.save(update_fields=["used_at"])
         if receipt.created:
-            _receipt_mail(receipt=receipt, to=email, language=language)
+            _receipt_mail(receipt=receipt, purpose=verification.purpose, to=email, language=language)
     return receipt
 
 

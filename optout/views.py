@@ -7,6 +7,8 @@ Every bad input ends on a localized page with a 4xx status and records nothing.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.conf import settings
 from django.core.exceptions import (
     RequestDataTooBig,
@@ -16,7 +18,7 @@ from django.core.exceptions import (
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
-from django.urls import reverse, translate_url
+from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import get_language_info
 from django.utils.translation import gettext as _
@@ -38,8 +40,9 @@ from optout.links import (
     read_token,
     status_url,
 )
+from optout.models import Purpose
 from optout.selectors import objection_history, objection_state_get
-from optout.services import LedgerError, UnknownPurpose, purpose_get
+from optout.services import LedgerError
 
 
 class TooLarge(Exception):
@@ -47,15 +50,21 @@ class TooLarge(Exception):
 
 
 def _languages(request: HttpRequest) -> list[dict]:
+    """The switcher: this page's URL under each language prefix. Every page here lives
+    under i18n_patterns, so swapping the first path segment is translate_url's answer
+    without 26 resolve/reverse round trips per page."""
     path = request.get_full_path() if request.method == "GET" else request.path
     current = translation.get_language()
-    languages = []
-    for code, _name in settings.LANGUAGES:
-        info = get_language_info(code)
-        languages.append(
-            {"code": code, "name": info["name_local"], "url": translate_url(path, code), "current": code == current}
-        )
-    return languages
+    _empty, _prefix, rest = path.split("/", 2) if path.count("/") >= 2 else ("", "", "")
+    return [
+        {"code": code, "name": name, "url": f"/{code}/{rest}", "current": code == current}
+        for code, name in _language_names()
+    ]
+
+
+@lru_cache(maxsize=1)
+def _language_names() -> tuple[tuple[str, str], ...]:
+    return tuple((code, get_language_info(code)["name_local"]) for code, _name in settings.LANGUAGES)
 
 
 def page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
@@ -118,15 +127,14 @@ def _too_large(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _claims(token: str, salt: str) -> LinkClaims:
+def _claims(token: str, salt: str) -> tuple[LinkClaims, Purpose]:
     claims = read_token(token, salt=salt)
-    try:
-        purpose_get(claims.purpose)
-    except UnknownPurpose:
-        raise BadLink(token) from None
     if not claims.subject_id or len(claims.subject_id) > 128:
         raise BadLink(token)
-    return claims
+    purpose = flows.purpose_cached(claims.purpose)
+    if purpose is None:
+        raise BadLink(token)
+    return claims, purpose
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -134,12 +142,10 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
     """The page every notice links to. GET only shows it (mail scanners open links);
     POST records the objection and answers with the receipt."""
     try:
-        claims = _claims(token, OBJECT_SALT)
+        claims, purpose = _claims(token, OBJECT_SALT)
     except BadLink as exc:
         return _bad_link(request, exc)
     language = translation.get_language()
-    purpose = purpose_get(claims.purpose)
-    state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
     identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
     status_link = status_url(LinkClaims(claims.subject_id, claims.purpose, language, email=claims.email))
 
@@ -157,7 +163,9 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
                 request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400
             )
         try:
-            receipt = flows.link_object(claims=claims, reason=form.cleaned_data["reason"], language=language)
+            receipt = flows.link_object(
+                claims=claims, purpose=purpose, reason=form.cleaned_data["reason"], language=language
+            )
         except LedgerError as exc:
             return _bad_link(request, exc)
         return page(
@@ -172,6 +180,7 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
             },
         )
 
+    state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
     if state is not None and state.objected:
         return page(
             request,
@@ -185,11 +194,10 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
 def status(request: HttpRequest, token: str) -> HttpResponse:
     """Current state and history; withdraw (with a confirmation tick) or object again."""
     try:
-        claims = _claims(token, STATUS_SALT)
+        claims, purpose = _claims(token, STATUS_SALT)
     except BadLink as exc:
         return _bad_link(request, exc)
     language = translation.get_language()
-    purpose = purpose_get(claims.purpose)
     identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
     withdraw_form = WithdrawForm()
     result_status = 200
@@ -206,13 +214,13 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
         if action == "withdraw":
             withdraw_form = WithdrawForm(data)
             if withdraw_form.is_valid():
-                flows.link_withdraw(claims=claims, language=language)
+                flows.link_withdraw(claims=claims, purpose=purpose, language=language)
                 withdraw_form = WithdrawForm()
                 done = "withdrawn"
             else:
                 result_status = 400
         elif action == "object":
-            flows.link_object(claims=claims, reason="", language=language)
+            flows.link_object(claims=claims, purpose=purpose, reason="", language=language)
             done = "objected"
         else:
             return _not_understood(request)
@@ -335,7 +343,7 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     with no cookie, so this view is exempt from CSRF (it can only stop mail) and answers
     200 without a redirect. GET shows a page with the same button and the objection."""
     try:
-        claims = _claims(token, UNSUBSCRIBE_SALT)
+        claims, purpose = _claims(token, UNSUBSCRIBE_SALT)
     except BadLink as exc:
         return _bad_link(request, exc)
     context = {
@@ -343,7 +351,7 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
         "objection_url": flows.objection_link_for(
             LinkClaims(claims.subject_id, claims.purpose, translation.get_language(), email=claims.email)
         ),
-        "purpose": purpose_get(claims.purpose),
+        "purpose": purpose,
     }
     if request.method != "POST":
         return page(request, "unsubscribe.html", {**context, "done": False})
