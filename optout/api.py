@@ -54,7 +54,7 @@ from optout.selectors import (
     objection_check,
     objection_history,
     objection_state_get,
-    objectors_iter,
+    objector_lines,
 )
 from optout.services import IdempotencyKeyReused, LedgerError, objection_record
 from optout.throttling import ApiClientRateThrottle
@@ -70,7 +70,6 @@ SUBJECT_ID_MAX = 128
 IDEMPOTENCY_KEY_MAX = 150
 # Sources a platform may report; imports and staff entries have their own flows.
 API_SOURCES = [Source.IN_APP, Source.GPC, Source.API, Source.EMAIL_LINK, Source.WEB_FORM]
-EXPORT_CHUNK_BYTES = 64 * 1024
 
 
 # --- Errors --------------------------------------------------------------------------------
@@ -430,32 +429,13 @@ class ExportView(ApiView):
 
 
 def _export_lines(purpose: Purpose, horizon: Cursor):
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    slug = purpose.slug
     count = 0
-    chunk: list[str] = []
-    size = 0
-    # Inside a transaction Django's server-side cursor is not WITH HOLD, so PostgreSQL
-    # streams rows instead of materialising the whole result first.
-    with transaction.atomic():
-        for subject_id, received_at, effective_at, source in objectors_iter(purpose_id=purpose.pk):
-            line = dumps(
-                {
-                    "subject_id": subject_id,
-                    "purpose": slug,
-                    "received_at": _ts(received_at),
-                    "effective_at": _ts(effective_at),
-                    "source": source,
-                }
-            )
-            chunk.append(line)
-            size += len(line) + 1
-            count += 1
-            if size >= EXPORT_CHUNK_BYTES:
-                yield "\n".join(chunk) + "\n"
-                chunk, size = [], 0
-    chunk.append(dumps({"next_cursor": horizon.encode(), "count": count}))
-    yield "\n".join(chunk) + "\n"
+    with transaction.atomic():  # objector_lines streams only inside a transaction
+        for lines in objector_lines(purpose_id=purpose.pk, purpose_slug=purpose.slug):
+            count += len(lines)
+            lines.append("")
+            yield "\n".join(lines)
+    yield json.dumps({"next_cursor": horizon.encode(), "count": count}, separators=(",", ":")) + "\n"
 
 
 class SubjectView(ApiView):

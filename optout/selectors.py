@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -346,13 +347,57 @@ def objection_check(*, purpose_id: int, subject_ids: list[str]) -> dict[str, str
     }
 
 
-def objectors_iter(*, purpose_id: int, chunk_size: int = 5000):
-    """Everyone currently objecting to the purpose, by subject id, streamed from a
-    server-side cursor on PostgreSQL so memory stays flat however many there are.
-    Yields (subject_id, received_at, effective_at, source)."""
-    return (
+_OBJECTOR_LINES_POSTGRES = f"""
+    SELECT '{{"subject_id":' || to_json(subject_id) || ',"purpose":' || to_json(%s::text)
+           || ',"received_at":' || coalesce('"' || {_TS.format(col="received_at")} || '"', 'null')
+           || ',"effective_at":' || coalesce('"' || {_TS.format(col="effective_at")} || '"', 'null')
+           || ',"source":' || to_json(source) || '}}'
+    FROM optout_objectionstate
+    WHERE purpose_id = %s AND objected
+    ORDER BY subject_id
+"""
+
+
+def objector_lines(*, purpose_id: int, purpose_slug: str, chunk_size: int = 5000) -> Iterator[list[str]]:
+    """Everyone currently objecting to the purpose, by subject id, as NDJSON lines
+    (without newlines) in lists of up to `chunk_size`.
+
+    Must run inside a transaction: on PostgreSQL the rows come from a server-side cursor
+    that is not WITH HOLD, so they stream instead of being materialised first, and
+    memory stays flat however many objectors there are. PostgreSQL writes the JSON."""
+    if connection.vendor == "postgresql":
+        with connection.chunked_cursor() as db:
+            db.execute(_OBJECTOR_LINES_POSTGRES, [purpose_slug, purpose_id])
+            while rows := db.fetchmany(chunk_size):
+                yield [row[0] for row in rows]
+        return
+    import json
+
+    from optout.ledger import format_timestamp
+
+    rows = (
         ObjectionState.objects.filter(purpose_id=purpose_id, objected=True)
         .order_by("subject_id")
         .values_list("subject_id", "received_at", "effective_at", "source")
         .iterator(chunk_size=chunk_size)
     )
+    chunk: list[str] = []
+    for subject_id, received_at, effective_at, source in rows:
+        chunk.append(
+            json.dumps(
+                {
+                    "subject_id": subject_id,
+                    "purpose": purpose_slug,
+                    "received_at": format_timestamp(received_at) if received_at else None,
+                    "effective_at": format_timestamp(effective_at) if effective_at else None,
+                    "source": source,
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+        )
+        if len(chunk) >= chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
