@@ -41,8 +41,8 @@ def test_healthz_answers_without_touching_anything(client, django_assert_num_que
 def test_readyz_is_ok_when_everything_answers(client):
     response = client.get("/readyz")
 
-    assert response.status_code == 200
     body = response.json()
+    assert response.status_code == 200, body
     assert body["status"] == "ok"
     assert body["checks"]["database"] == body["checks"]["migrations"] == body["checks"]["cache"] == "ok"
     assert body["checks"]["broker"] in {"ok", "in-process"}
