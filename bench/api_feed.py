@@ -7,7 +7,9 @@ How to run (loads the data set into demur_api_bench on first use, about a minute
 
 A client follows `next_cursor` from the start with limit=10000 until has_more is false,
 parsing every page with json.loads, against gunicorn (2 sync workers, DEBUG off, the
-throttle on Redis). Printed beside, in the same run on the same rows:
+throttle on Redis); a second figure ("unparsed") reads only the cursor from the end of
+each page, to show the server's and the wire's share. Printed beside, in the same run on
+the same rows:
 
 - python+cursor: the same SELECT from Python through a server-side cursor, each row
   turned into a dict and JSON-encoded (what a naive feed would cost per row);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.request
@@ -45,7 +48,12 @@ def wait_for_horizon(url: str) -> None:
         time.sleep(2)
 
 
-def http_sync(base: str, key: str, expected: int, limit: int) -> None:
+_TAIL = re.compile(rb'\],"next_cursor":"([^"]*)","has_more":(true|false)\}$')
+
+
+def http_sync(base: str, key: str, expected: int, limit: int, *, parse: bool = True) -> None:
+    """Follow the feed from the start. parse=False reads the cursor from the end of each
+    body and counts events by their "id" keys: the server's and the wire's share alone."""
     cursor, total = "", 0
     while True:
         request = urllib.request.Request(
@@ -53,10 +61,16 @@ def http_sync(base: str, key: str, expected: int, limit: int) -> None:
             headers={"Authorization": f"Bearer {key}"},
         )
         with urllib.request.urlopen(request, timeout=120) as response:
-            page = json.loads(response.read())
-        total += len(page["events"])
-        cursor = page["next_cursor"]
-        if not page["has_more"]:
+            body = response.read()
+        if parse:
+            page = json.loads(body)
+            total += len(page["events"])
+            cursor, has_more = page["next_cursor"], page["has_more"]
+        else:
+            tail = _TAIL.search(body[-200:])
+            total += body.count(b'{"id":"')
+            cursor, has_more = tail.group(1).decode(), tail.group(2) == b"true"
+        if not has_more:
             break
     if total != expected:
         raise SystemExit(f"the sync saw {total} events, expected {expected}")
@@ -106,14 +120,18 @@ def main() -> None:
     with gunicorn(url, workers=2) as (base, _):
         http_sync(base, key, args.events, args.limit)  # warm the caches once
         http, http_all = median_seconds(lambda: http_sync(base, key, args.events, args.limit), repeats=args.repeats)
+        raw, raw_all = median_seconds(
+            lambda: http_sync(base, key, args.events, args.limit, parse=False), repeats=args.repeats
+        )
     py, py_all = median_seconds(lambda: python_cursor(url, args.events), repeats=args.repeats)
     cp, cp_all = median_seconds(lambda: copy_out(url), repeats=args.repeats)
-    for label, times in [("HTTP", http_all), ("python+cursor", py_all), ("COPY", cp_all)]:
+    for label, times in [("HTTP", http_all), ("HTTP unparsed", raw_all), ("python+cursor", py_all), ("COPY", cp_all)]:
         print(f"  {label}: {', '.join(f'{t:.2f}s' for t in times)}")
     report(
         f"change feed, full sync of {args.events:,} events (median of {args.repeats}; target >= 200,000 events/s)",
         [
             ("HTTP feed", args.events / http, "events/s"),
+            ("HTTP feed, unparsed", args.events / raw, "events/s"),
             ("python+cursor", args.events / py, "events/s"),
             ("COPY", args.events / cp, "events/s"),
         ],
