@@ -251,7 +251,8 @@ def dispatch_batch(*, campaign_id: int) -> BatchResult:
         return STOP
     rate = max(1, campaign["send_rate"])
     want = min(settings.DEMUR_DISPATCH_BATCH, rate)
-    granted = tokens_take(f"campaign:{campaign_id}", rate=rate, want=want, max_wait=2.0)
+    bucket = f"{connection.settings_dict['NAME']}:campaign:{campaign_id}"
+    granted = tokens_take(bucket, rate=rate, want=want, max_wait=2.0)
     if not granted:
         return BatchResult(more=True)
     claim = uuid.uuid4()
@@ -297,30 +298,27 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
         for index, row in enumerate(rows):
             if time.monotonic() - started > give_back_after:
                 break
+            email = emails.get(row.subject_id, "")
+            message_id = f"<d{row.id}.c{campaign_id}@{domain}>"
+            message = render_error = None
+            if email and row.subject_id not in suppressed_subjects and email not in suppressed_emails:
+                # Rendered before the row is marked "sending": a crash while rendering
+                # leaves it claimed, and it goes back to pending rather than to unknown.
+                try:
+                    message = _message(_version(row.version_id), row, email, message_id, campaign_id, mail_connection)
+                except Exception as exc:  # noqa: BLE001 - recorded on the row, never retried
+                    render_error = f"{type(exc).__name__}: {exc}"
             if not recorder.step(row.id):
                 logger.warning("campaign %s: claim %s was settled under this worker; stopping", campaign_id, claim)
                 return BatchResult(more=True, sent=sent, failed=failed)
-            email = emails.get(row.subject_id, "")
-            if not email or row.subject_id in suppressed_subjects or email in suppressed_emails:
+            if render_error:
+                failed += 1
+                recorder.outcome(row.id, status=S.FAILED, error=render_error[:2000])
+                continue
+            if message is None:
                 recorder.outcome(row.id, status=S.SKIPPED, error="suppressed" if email else "no email address")
                 continue
-            version = _version(row.version_id)
-            message_id = f"<d{row.id}.c{campaign_id}@{domain}>"
             try:
-                message = notice_email(
-                    version,
-                    to=email,
-                    name="",
-                    subject_id=row.subject_id,
-                    objected_on=row.objected_at.date() if row.objected_at else None,
-                    connection=mail_connection,
-                )
-                message.extra_headers["Message-ID"] = message_id
-                message.extra_headers["X-Demur-Campaign"] = str(campaign_id)
-                message.extra_headers["X-Demur-Delivery"] = str(row.id)
-                # django-anymail hands these to the provider; its webhooks bring them back.
-                message.tags = [f"campaign-{campaign_id}", f"lang-{version.language}"]
-                message.metadata = {"delivery_id": str(row.id), "campaign_id": str(campaign_id)}
                 message.send()
             except Exception as exc:  # noqa: BLE001 - the backend's errors are classified, not enumerated
                 error = classify(exc)
@@ -346,6 +344,24 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
         )
     _pause_on_errors(campaign_id, sent=sent, failed=failed)
     return BatchResult(more=True, sent=sent, failed=failed)
+
+
+def _message(version: NoticeVersion, row: _Row, email: str, message_id: str, campaign_id: int, mail_connection):
+    message = notice_email(
+        version,
+        to=email,
+        name="",
+        subject_id=row.subject_id,
+        objected_on=row.objected_at.date() if row.objected_at else None,
+        connection=mail_connection,
+    )
+    message.extra_headers["Message-ID"] = message_id
+    message.extra_headers["X-Demur-Campaign"] = str(campaign_id)
+    message.extra_headers["X-Demur-Delivery"] = str(row.id)
+    # django-anymail hands these to the provider; its webhooks bring them back.
+    message.tags = [f"campaign-{campaign_id}", f"lang-{version.language}"]
+    message.metadata = {"delivery_id": str(row.id), "campaign_id": str(campaign_id)}
+    return message
 
 
 def _reopen(mail_connection) -> None:

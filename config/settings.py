@@ -125,6 +125,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Deployments (or test runs) sharing one broker keep apart by queue name.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Sends outbox mail left pending while the broker was down (optout/outbox.py).
 CELERY_BEAT_SCHEDULE = {
     "optout-outbox-sweep": {"task": "optout.outbox_sweep", "schedule": env_int("DEMUR_OUTBOX_SWEEP_SECONDS", 60, minimum=5)},
