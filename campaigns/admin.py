@@ -93,14 +93,24 @@ class CampaignAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def notice_preview_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
-        campaign = get_object_or_404(Campaign.objects.select_related("purpose"), pk=campaign_id)
+    def notice_preview_view(
+        self, request: HttpRequest, campaign_id: int
+    ) -> HttpResponse:
+        campaign = get_object_or_404(
+            Campaign.objects.select_related("purpose"), pk=campaign_id
+        )
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
         codes = [code for code, _name in settings.LANGUAGES]
-        language = request.GET.get("lang") if request.GET.get("lang") in codes else settings.LANGUAGE_CODE
+        language = (
+            request.GET.get("lang")
+            if request.GET.get("lang") in codes
+            else settings.LANGUAGE_CODE
+        )
         already_objected = request.GET.get("variant") == "objected"
-        version = NoticeVersion.objects.filter(campaign=campaign, language=language).first()
+        version = NoticeVersion.objects.filter(
+            campaign=campaign, language=language
+        ).first()
         frozen = version is not None
         error = ""
         notice = None
@@ -108,7 +118,9 @@ class CampaignAdmin(admin.ModelAdmin):
             try:
                 version = notice_build(campaign=campaign, language=language)
             except NoticeNotReady:
-                error = gettext("The campaign lacks values the notice needs: fill in every field under “Notice”.")
+                error = gettext(
+                    "The campaign lacks values the notice needs: fill in every field under “Notice”."
+                )
         if version is not None:
             notice = notice_personalise(
                 version,
@@ -123,7 +135,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "original": campaign,
             "campaign": campaign,
             "title": gettext("Notice preview: %(campaign)s") % {"campaign": campaign},
-            "languages": [(code, get_language_info(code)["name_local"]) for code in codes],
+            "languages": [
+                (code, get_language_info(code)["name_local"]) for code in codes
+            ],
             "language": language,
             "language_name": get_language_info(language)["name_local"],
             "already_objected": already_objected,
@@ -132,15 +146,27 @@ class CampaignAdmin(admin.ModelAdmin):
             "notice": notice,
             "error": error,
             "coverage": [
-                (row, ngettext("%(count)s message missing", "%(count)s messages missing", row.missing) % {"count": row.missing})
+                (
+                    row,
+                    ngettext(
+                        "%(count)s message missing",
+                        "%(count)s messages missing",
+                        row.missing,
+                    )
+                    % {"count": row.missing},
+                )
                 for row in catalog_coverage()
             ],
-            "send_test_url": reverse("admin:campaigns_campaign_notice_send_test", args=[campaign.pk]),
+            "send_test_url": reverse(
+                "admin:campaigns_campaign_notice_send_test", args=[campaign.pk]
+            ),
             "staff_email": request.user.email,
         }
         return TemplateResponse(request, "campaigns/notice_preview.html", context)
 
-    def notice_send_test_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
+    def notice_send_test_view(
+        self, request: HttpRequest, campaign_id: int
+    ) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=campaign_id)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
@@ -153,7 +179,10 @@ class CampaignAdmin(admin.ModelAdmin):
             messages.error(request, gettext("Choose one of the notice's languages."))
             return HttpResponseRedirect(preview)
         if not request.user.email:
-            messages.error(request, gettext("Your account has no email address: add one to receive tests."))
+            messages.error(
+                request,
+                gettext("Your account has no email address: add one to receive tests."),
+            )
             return HttpResponseRedirect(back)
         try:
             notice_test_send(
@@ -164,12 +193,20 @@ class CampaignAdmin(admin.ModelAdmin):
                 already_objected=already_objected,
             )
         except NoticeNotReady:
-            messages.error(request, gettext("The campaign lacks values the notice needs: fill in every field under “Notice”."))
+            messages.error(
+                request,
+                gettext(
+                    "The campaign lacks values the notice needs: fill in every field under “Notice”."
+                ),
+            )
             return HttpResponseRedirect(back)
         messages.success(
             request,
             gettext("Test sent to %(email)s in %(language)s.")
-            % {"email": request.user.email, "language": get_language_info(language)["name_local"]},
+            % {
+                "email": request.user.email,
+                "language": get_language_info(language)["name_local"],
+            },
         )
         return HttpResponseRedirect(back)
 
@@ -194,12 +231,22 @@ class NoticeVersionAdmin(admin.ModelAdmin):
         "objected_subject",
         "objected_body_text",
     )
-    exclude = ("body_html", "objected_body_html", "objected_preheader", "objected_inapp_body", "greetings", "direction")
+    exclude = (
+        "body_html",
+        "objected_body_html",
+        "objected_preheader",
+        "objected_inapp_body",
+        "greetings",
+        "direction",
+    )
 
     @admin.display(description=_("Mail (HTML)"))
     def as_sent(self, obj: NoticeVersion) -> str:
         notice = notice_personalise(
-            obj, name=SAMPLE_NAME, object_url=SAMPLE_OBJECT_URL, unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL
+            obj,
+            name=SAMPLE_NAME,
+            object_url=SAMPLE_OBJECT_URL,
+            unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL,
         )
         return format_html(
             '<iframe title="{}" sandbox srcdoc="{}" style="width: 100%; max-width: 720px; height: 900px; '
