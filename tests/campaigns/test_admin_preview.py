@@ -130,3 +130,21 @@ def test_it_says_what_is_missing_instead_of_rendering_a_half_notice(
     ).content.decode()
 
     assert "The campaign lacks values the notice needs" in page
+
+
+def test_it_shows_a_frozen_version_as_it_was_sent(staff_client, purpose):
+    campaign = make_campaign(purpose)
+    version = next(
+        v for v in notice_versions_freeze(campaign_id=campaign.pk) if v.language == "sv"
+    )
+
+    page = staff_client.get(
+        reverse("admin:campaigns_noticeversion_change", args=[version.pk])
+    ).content.decode()
+
+    assert (
+        version.content_hash in page
+        and version.template_hash in page
+        and version.catalog_hash in page
+    )
+    assert "srcdoc=" in page and "Din rätt att invända" in page and "Hej Alex," in page

@@ -287,3 +287,33 @@ def test_it_builds_the_same_links_as_the_opt_out_helpers(campaign, fast, slow, s
     assert urlsplit(ours).path.startswith("/el/optout/")
     token = urlsplit(ours).path.rstrip("/").rsplit("/", 1)[1]
     assert read_token(token, salt=salt) == claims
+
+
+def test_it_writes_every_section_in_every_language_without_falling_back_to_english(
+    campaign,
+):
+    english = [
+        "What we will use",
+        "Your right to object",
+        "legitimate interests",
+        "Who is responsible",
+    ]
+    for version in notice_versions_freeze(campaign_id=campaign.pk):
+        notice = _person(version)
+        assert f'<html lang="{version.language}" dir="ltr">' in notice.html
+        assert notice.html.count('class="button"') == 1, version.language
+        box = re.search(
+            r'<td class="right"[^>]*>(.*?)</td>', notice.html, re.DOTALL
+        ).group(1)
+        assert 'href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"' in box, (
+            version.language
+        )
+        assert "Demur Social" in notice.subject and "Example Social Ltd" in notice.text
+        assert (
+            "dpo@example.com" in notice.text
+            and "https://example.com/privacy" in notice.text
+        )
+        if version.language != "en":
+            assert not [
+                words for words in english if words in notice.html + notice.text
+            ], version.language
