@@ -13,11 +13,13 @@ same in batches.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -129,17 +131,32 @@ def _check_complete(report: AudienceReport) -> None:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def _lines(path: str, progress: Callable[[int], None] | None) -> Iterator[str]:
-    # surrogateescape keeps undecodable bytes visible, so the line holding them is named.
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if progress:
-                progress(len(raw))
-            yield raw.decode("utf-8", errors="surrogateescape")
+class _CountingReader(io.BufferedReader):
+    """Reports the bytes read, chunk by chunk (not line by line, which costs)."""
+
+    def __init__(self, raw, progress: Callable[[int], None] | None) -> None:
+        super().__init__(raw, buffer_size=1 << 20)
+        self.progress = progress
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        if self.progress:
+            self.progress(len(data))
+        return data
 
 
 def _parse(path: str, report: AudienceReport, progress: Callable[[int], None] | None) -> Iterator[AudienceRow]:
-    reader = csv.reader(_lines(path, progress), strict=True)
+    with io.TextIOWrapper(
+        _CountingReader(io.FileIO(path, "r"), progress),
+        encoding="utf-8",
+        errors="surrogateescape",  # undecodable bytes stay visible, so their line is named
+        newline="",
+    ) as text:
+        yield from _parse_text(text, report)
+
+
+def _parse_text(text: io.TextIOBase, report: AudienceReport) -> Iterator[AudienceRow]:
+    reader = csv.reader(text, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -241,6 +258,22 @@ SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM
 """
 
 
+def _report_duplicates(pg, report: AudienceReport) -> None:
+    pg.execute(
+        """
+        SELECT line, subject_id, first_line FROM (
+            SELECT line, subject_id, min(line) OVER (PARTITION BY subject_id) AS first_line
+            FROM audience_staging
+        ) s WHERE line > first_line ORDER BY line
+        """
+    )
+    for line, subject_id, first_line in pg.fetchall():
+        report.add_error(
+            line,
+            _("subject_id {subject_id!r} is also on line {other}.").format(subject_id=subject_id, other=first_line),
+        )
+
+
 def _load_postgres(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
     with connection.cursor() as cursor:
         pg = cursor.cursor  # the psycopg cursor, for COPY
@@ -251,23 +284,20 @@ def _load_postgres(rows: Iterable[AudienceRow], report: AudienceReport, now: dat
         with pg.copy("COPY audience_staging (line, subject_id, email, language, country) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row((row.line, row.subject_id, row.email, row.language, row.country))
-        pg.execute(
-            """
-            SELECT line, subject_id, first_line FROM (
-                SELECT line, subject_id, min(line) OVER (PARTITION BY subject_id) AS first_line
-                FROM audience_staging
-            ) s WHERE line > first_line ORDER BY line
-            """
-        )
-        for line, subject_id, first_line in pg.fetchall():
-            report.add_error(
-                line,
-                _("subject_id {subject_id!r} is also on line {other}.").format(subject_id=subject_id, other=first_line),
-            )
+        if report.ok:
+            pg.execute("SET LOCAL work_mem = '256MB'")
+            try:
+                # A subject given twice makes PostgreSQL refuse the upsert ("cannot affect
+                # row a second time"); only then are the lines looked up, sparing a sort
+                # of the whole file on every good import.
+                with transaction.atomic():
+                    pg.execute(_UPSERT_SQL, {"now": now})
+                    created, updated = pg.fetchone()
+            except psycopg.errors.CardinalityViolation:
+                _report_duplicates(pg, report)
+        else:
+            _report_duplicates(pg, report)
         _check_complete(report)
-        pg.execute("SET LOCAL work_mem = '256MB'")
-        pg.execute(_UPSERT_SQL, {"now": now})
-        created, updated = pg.fetchone()
         pg.execute("DROP TABLE pg_temp.audience_staging")
     report.created, report.updated = created, updated
     report.unchanged = report.rows - created - updated

@@ -295,7 +295,7 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
     sent = failed = 0
     try:
         mail_connection.open()  # opened here, send_messages() keeps it for the whole batch
-        for index, row in enumerate(rows):
+        for row in rows:
             if time.monotonic() - started > give_back_after:
                 break
             email = emails.get(row.subject_id, "")

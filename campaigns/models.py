@@ -158,10 +158,11 @@ class Recipient(models.Model):
         verbose_name = _("recipient")
         verbose_name_plural = _("recipients")
         indexes = [
-            # campaigns.audience.recipients_erase_expired
+            # campaigns.audience.recipients_erase_expired; only people some campaign has
+            # reached, so an import of new recipients writes nothing to it
             models.Index(
                 fields=["last_campaign_ended_at"],
-                condition=~models.Q(email=""),
+                condition=models.Q(last_campaign_ended_at__isnull=False) & ~models.Q(email=""),
                 name="campaigns_recipient_retention",
             ),
         ]

@@ -1,0 +1,85 @@
+"""Benchmark: `manage.py import_audience` of N rows on PostgreSQL, beside `psql \\copy` of
+the same file into a bare table (the floor for getting those bytes into PostgreSQL).
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_campaigns_bench \\
+        .venv/bin/python bench/audience_import.py --rows 1000000 --repeats 3
+
+Each repeat starts from an empty audience (all rows created); one more run re-imports the
+same file over the full audience (all rows unchanged). The import figure includes the
+command's start-up, validation, COPY into staging, the duplicate check and the upsert.
+Target (issue 6): at least 100,000 rows/s for 1,000,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._harness import django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
+
+LANGUAGES = ["de", "fr", "it", "es", "pl", "nl", "el", "sv", "cs", "pt"]
+COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL", "GR", "SE", "CZ", "PT"]
+
+
+def write_csv(path: Path, rows: int) -> None:
+    with path.open("w") as handle:
+        handle.write("subject_id,email,language,country\n")
+        handle.writelines(
+            f"acct-{n:09d},user{n}@example.org,{LANGUAGES[n % 10]},{COUNTRIES[n % 10]}\n" for n in range(rows)
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_campaigns_bench")
+    if not url.startswith("postgres"):
+        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
+    ensure_database(url)
+    env = django_env(url)
+    manage("migrate", "-v0", env=env)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audience.csv"
+        write_csv(path, args.rows)
+        print(f"{args.rows:,} rows, {path.stat().st_size / 1e6:.0f} MB CSV; {args.repeats} repeats each")
+        psql(url, "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (subject_id text, email text, language text, country text)")
+        copy_median, copy_all = median_seconds(
+            lambda: subprocess.run(["psql", "-q", url, "-c", f"\\copy bench_bare FROM '{path}' CSV HEADER"], check=True),
+            repeats=args.repeats,
+            before=lambda: psql(url, "TRUNCATE bench_bare"),
+        )
+        outputs = []
+        import_median, import_all = median_seconds(
+            lambda: outputs.append(manage("import_audience", str(path), env=env).stdout.strip()),
+            repeats=args.repeats,
+            before=lambda: psql(url, "DELETE FROM campaigns_delivery; TRUNCATE campaigns_recipient"),
+        )
+        count = int(psql(url, "SELECT count(*) FROM campaigns_recipient"))
+        assert count == args.rows, f"expected {args.rows} recipients, found {count}"
+        reimport_median, _ = median_seconds(lambda: outputs.append(manage("import_audience", str(path), env=env).stdout.strip()), repeats=1)
+        psql(url, "DROP TABLE bench_bare")
+
+    print(f"  psql \\copy runs (s): {', '.join(f'{t:.2f}' for t in copy_all)}")
+    print(f"  import runs (s):      {', '.join(f'{t:.2f}' for t in import_all)}")
+    print(f"  last command outputs: {outputs[0]} / {outputs[-1]}")
+    report(
+        "Audience import (rows/s, median; higher is better)",
+        [
+            ("psql \\copy into a bare table", args.rows / copy_median, "rows/s"),
+            ("manage.py import_audience", args.rows / import_median, "rows/s"),
+            ("re-import of the same file", args.rows / reimport_median, "rows/s"),
+        ],
+        baseline="psql \\copy into a bare table",
+    )
+
+
+if __name__ == "__main__":
+    main()
