@@ -172,8 +172,9 @@ def open_loop(port: int, csrf, paths: list[str], subjects: list[str], rate: floa
     import django
 
     django.setup()
-    from optout.selectors import Cursor, feed_page, feed_horizon
     from django.db import connection
+
+    from optout.selectors import feed_horizon, feed_page
 
     target = Target("objection", port, csrf, paths)
     total = int(rate * seconds)

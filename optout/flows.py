@@ -96,9 +96,7 @@ def link_withdraw(*, claims: LinkClaims, purpose: Purpose, language: str) -> Rec
 
 def unsubscribe(*, claims: LinkClaims) -> None:
     """Stop notice mails to this person (RFC 8058). Not an objection: the ledger is untouched."""
-    already = Suppression.objects.filter(
-        subject_id=claims.subject_id, reason=Suppression.Reason.UNSUBSCRIBED
-    ).exists()
+    already = Suppression.objects.filter(subject_id=claims.subject_id, reason=Suppression.Reason.UNSUBSCRIBED).exists()
     if not already:
         Suppression.objects.create(
             subject_id=claims.subject_id, email=claims.email, reason=Suppression.Reason.UNSUBSCRIBED
@@ -172,9 +170,7 @@ def verification_confirm(*, verification_id: int, language: str) -> Receipt:
     """Record the objection of a verified public-form request. Single use: the row is
     locked and marked used in the same transaction as the ledger event."""
     with transaction.atomic():
-        verification = (
-            EmailVerification.objects.select_for_update().select_related("purpose").get(id=verification_id)
-        )
+        verification = EmailVerification.objects.select_for_update().select_related("purpose").get(id=verification_id)
         if verification.used_at is not None:
             raise UsedLink(str(verification_id))
         email = verification.email.strip().lower()

@@ -126,9 +126,9 @@ def outbox_sweep(*, limit: int = 500) -> list[int]:
         status=OutboxMessage.Status.PENDING, claimed_at=None
     )
     ids = list(
-        OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).order_by("id").values_list("id", flat=True)[
-            :limit
-        ]
+        OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
     )
     for message_id in ids:
         outbox_enqueue(message_id=message_id)

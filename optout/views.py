@@ -80,9 +80,7 @@ def page(request: HttpRequest, template: str, context: dict | None = None, *, st
 
 
 def error_page(request: HttpRequest, *, status: int, title: str, message: str, offer_form: bool = True) -> HttpResponse:
-    return page(
-        request, "error.html", {"title": title, "message": message, "offer_form": offer_form}, status=status
-    )
+    return page(request, "error.html", {"title": title, "message": message, "offer_form": offer_form}, status=status)
 
 
 def _bad_link(request: HttpRequest, exc: Exception) -> HttpResponse:
@@ -159,9 +157,7 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
         if "object" in form.errors:
             return _not_understood(request)
         if not form.is_valid():
-            return page(
-                request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400
-            )
+            return page(request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400)
         try:
             receipt = flows.link_object(
                 claims=claims, purpose=purpose, reason=form.cleaned_data["reason"], language=language

@@ -171,15 +171,21 @@ def _tampered(token: str) -> str:
     "make_url",
     [
         pytest.param(lambda: "/en/optout/t/garbage/", id="malformed"),
-        pytest.param(lambda: "/en/optout/t/" + _tampered(objection_url(claims()).split("/t/")[1].rstrip("/")) + "/",
-                     id="tampered"),
+        pytest.param(
+            lambda: "/en/optout/t/" + _tampered(objection_url(claims()).split("/t/")[1].rstrip("/")) + "/",
+            id="tampered",
+        ),
         pytest.param(lambda: objection_url(claims()).replace("/t/", "/status/"), id="object-token-on-status"),
         pytest.param(lambda: status_url(claims()).replace("/status/", "/t/"), id="status-token-on-link"),
         pytest.param(lambda: unsubscribe_url(claims()).replace("/unsubscribe/", "/t/"), id="unsubscribe-token-on-link"),
-        pytest.param(lambda: "/en/optout/t/" + make_token(
-            LinkClaims("user-1", "no-such-purpose", "en"), salt=OBJECT_SALT) + "/", id="unknown-purpose"),
-        pytest.param(lambda: "/en/optout/verify/" + signing.dumps({"v": "x"}, salt="demur.optout.verify") + "/",
-                     id="verify-bad-payload"),
+        pytest.param(
+            lambda: "/en/optout/t/" + make_token(LinkClaims("user-1", "no-such-purpose", "en"), salt=OBJECT_SALT) + "/",
+            id="unknown-purpose",
+        ),
+        pytest.param(
+            lambda: "/en/optout/verify/" + signing.dumps({"v": "x"}, salt="demur.optout.verify") + "/",
+            id="verify-bad-payload",
+        ),
     ],
 )
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -214,9 +220,7 @@ def test_it_refuses_a_post_without_csrf_token_with_a_localized_403(purpose):
     assert ObjectionEvent.objects.count() == 0
 
 
-@pytest.mark.parametrize(
-    "fetch_site, status", [("same-origin", 200), ("cross-site", 403), (None, 403)]
-)
+@pytest.mark.parametrize("fetch_site, status", [("same-origin", 200), ("cross-site", 403), (None, 403)])
 def test_it_accepts_the_null_origin_of_no_referrer_only_from_its_own_site(purpose, fetch_site, status):
     """Referrer-Policy: no-referrer makes browsers send `Origin: null` on the page's own
     form; Sec-Fetch-Site tells that apart from a post by another site."""
@@ -306,7 +310,10 @@ def test_it_records_the_objection_once_when_the_verification_link_is_confirmed(p
     assert confirmed.status_code == 200
     event = ObjectionEvent.objects.get()
     assert (event.subject_id, event.source, event.email, event.reason) == (
-        "acct-77", "web-form", "someone@example.org", "No thanks",
+        "acct-77",
+        "web-form",
+        "someone@example.org",
+        "No thanks",
     )
     assert event.receipt in text(confirmed)
 

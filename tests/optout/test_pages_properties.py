@@ -9,16 +9,15 @@ import pytest
 from django.core import signing
 from django.core.cache import cache
 from django.test import Client
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optout.links import OBJECT_SALT, STATUS_SALT, UNSUBSCRIBE_SALT, LinkClaims, make_token
 from optout.models import ObjectionEvent
 
 pytestmark = pytest.mark.django_db
 
-PROPERTY = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ROUTES = ["t", "status", "verify", "unsubscribe"]
 SALTS = {"t": OBJECT_SALT, "status": STATUS_SALT, "verify": "demur.optout.verify", "unsubscribe": UNSUBSCRIBE_SALT}
 
