@@ -69,7 +69,8 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
         url,
         "INSERT INTO optout_objectionstate (subject_id, objected, source, received_at, effective_at, receipt,"
         " head_hash, updated_at, last_event_id, purpose_id)"
-        " SELECT subject_id, true, source, received_at, effective_at, receipt, hash, now(), id, purpose_id"
+        " SELECT subject_id, true, source, received_at, effective_at, 'B' || lpad(id::text, 15, '0'), hash, now(),"
+        " id, purpose_id"
         " FROM optout_objectionevent",
     )
     _add_objectors(url, extra_objectors)
@@ -96,19 +97,26 @@ def _add_objectors(url: str, extra_objectors: int) -> None:
 def _copy_events(url: str, count: int, purpose_id: int) -> None:
     import psycopg
 
-    columns = (
-        "uuid, subject_id, email, action, source, reason, staff_user, received_at, effective_at,"
-        " recorded_at, receipt, prev_hash, hash, purpose_id"
-    )
     with psycopg.connect(url) as conn:
+        # The receipt is stored as text (`receipt`) or as a number beside the id
+        # (`receipt_code`), depending on the ledger's migration; fill whichever exists.
+        receipt_column = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'optout_objectionevent'"
+            " AND column_name IN ('receipt', 'receipt_code')"
+        ).fetchone()[0]
+        columns = (
+            "uuid, subject_id, email, action, source, reason, staff_user, received_at, effective_at,"
+            f" recorded_at, {receipt_column}, prev_hash, hash, purpose_id"
+        )
         for start in range(0, count, COPY_BATCH):
             with conn.transaction(), conn.cursor() as cur, cur.copy(f"COPY optout_objectionevent ({columns}) FROM STDIN") as copy:
                 lines = []
                 for n in range(start, min(start + COPY_BATCH, count)):
                     at = f"2024-06-{1 + n % 28:02d} {n % 24:02d}:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1000000:06d}+00"
+                    receipt = f"B{n:015d}" if receipt_column == "receipt" else n
                     lines.append(
                         f"{uuid.UUID(int=n + 1)}\tu{n:09d}\t\tobjected\t{SOURCES[n % 5]}\t\t\t{at}\t{at}\t{at}"
-                        f"\tB{n:015d}\t{'0' * 64}\t{n:064x}\t{purpose_id}\n"
+                        f"\t{receipt}\t{'0' * 64}\t{n:064x}\t{purpose_id}\n"
                     )
                 copy.write("".join(lines))
 
