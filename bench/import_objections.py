@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import ROOT, django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
+from bench._harness import django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
 
 SOURCES = ["email-link", "in-app", "web-form", "api", "gpc"]
 

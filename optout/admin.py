@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
+from optout.ledger import parse_receipt
 from optout.models import ApiClient, ApiScope, ObjectionEvent, ObjectionState, Purpose
 
 
@@ -37,23 +39,41 @@ class PurposeAdmin(admin.ModelAdmin):
 class ObjectionEventAdmin(ReadOnlyAdmin):
     list_display = ["id", "receipt", "subject_id", "purpose", "action", "source", "received_at", "effective_at"]
     list_filter = ["purpose", "action", "source", ("received_at", admin.DateFieldListFilter)]
-    search_fields = ["=subject_id", "=receipt"]
+    search_fields = ["=subject_id"]
     search_help_text = _("Exact subject id or receipt number.")
     list_select_related = ["purpose"]
     date_hierarchy = "received_at"
     show_full_result_count = False  # count(*) on a ledger of millions on every page load
     ordering = ["-id"]
 
+    def get_search_results(self, request, queryset, search_term):
+        # A receipt number holds the event's id: found through the primary key.
+        found = parse_receipt(search_term)
+        if found:
+            event_id, code = found
+            return queryset.filter(Q(pk=event_id, receipt_code=code) | Q(subject_id=search_term.strip())), False
+        return super().get_search_results(request, queryset, search_term)
+
 
 @admin.register(ObjectionState)
 class ObjectionStateAdmin(ReadOnlyAdmin):
     list_display = ["subject_id", "purpose", "objected", "source", "received_at", "effective_at", "receipt"]
     list_filter = ["purpose", "objected", "source", ("received_at", admin.DateFieldListFilter)]
-    search_fields = ["=subject_id", "=receipt"]
+    search_fields = ["=subject_id"]
     search_help_text = _("Exact subject id or receipt number.")
     list_select_related = ["purpose"]
     show_full_result_count = False
     ordering = ["-updated_at"]
+
+    def get_search_results(self, request, queryset, search_term):
+        found = parse_receipt(search_term)
+        if found:
+            event = ObjectionEvent.objects.filter(pk=found[0], receipt_code=found[1]).first()
+            matches = Q(subject_id=search_term.strip())
+            if event:
+                matches |= Q(subject_id=event.subject_id, purpose_id=event.purpose_id)
+            return queryset.filter(matches), False
+        return super().get_search_results(request, queryset, search_term)
 
 
 class ApiClientForm(forms.ModelForm):

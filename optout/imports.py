@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from optout.ledger import GENESIS_HASH, event_hash, new_receipt
+from optout.ledger import GENESIS_HASH, event_hash, new_receipt_code
 from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
 
 REQUIRED_COLUMNS = ("subject_id", "purpose", "received_at", "source")
@@ -256,7 +256,7 @@ def _load_orm(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None
             received_at=row.received_at,
             effective_at=row.received_at,
             recorded_at=now,
-            receipt=new_receipt(),
+            receipt_code=new_receipt_code(),
             prev_hash=state.head_hash or GENESIS_HASH,
         )
         event.hash = event_hash(
@@ -269,7 +269,7 @@ def _load_orm(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None
             received_at=row.received_at,
             effective_at=row.received_at,
             recorded_at=now,
-            receipt=event.receipt,
+            receipt_code=event.receipt_code,
             email=row.email,
         )
         event.save(force_insert=True)
@@ -301,7 +301,8 @@ WITH candidates AS (
     ORDER BY subject_id, purpose_id, received_at, line
 ), eligible AS (
     SELECT c.*, s.id AS state_id, coalesce(nullif(s.head_hash, ''), %(genesis)s) AS prev_hash,
-           demur_uuid7() AS uuid, uuid_send(gen_random_uuid()) AS receipt_bits
+           demur_uuid7() AS uuid, nextval('optout_objectionevent_id_seq') AS id,
+           floor(random() * 16777216)::integer AS receipt_code
     FROM candidates c
     LEFT JOIN optout_objectionstate s ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
     WHERE (s.id IS NULL OR (NOT s.objected AND (s.received_at IS NULL OR s.received_at < c.received_at)))
@@ -312,20 +313,18 @@ WITH candidates AS (
       )
 ), inserted AS (
     INSERT INTO optout_objectionevent (
-        uuid, subject_id, email, purpose_id, action, source, reason, staff_user,
-        received_at, effective_at, recorded_at, receipt, prev_hash, hash
+        id, uuid, subject_id, email, purpose_id, action, source, reason, staff_user,
+        received_at, effective_at, recorded_at, receipt_code, prev_hash, hash
     )
-    SELECT n.uuid, n.subject_id, n.email, n.purpose_id, 'objected', n.source, '', '',
-           n.received_at, n.received_at, %(now)s, n.receipt, n.prev_hash,
+    SELECT n.id, n.uuid, n.subject_id, n.email, n.purpose_id, 'objected', n.source, '', '',
+           n.received_at, n.received_at, %(now)s, n.receipt_code, n.prev_hash,
            demur_event_hash(
-               n.prev_hash, n.uuid, n.subject_id, n.slug, 'objected', n.source, n.received_at,
-               n.received_at, %(now)s, n.receipt, n.email, '', NULL, NULL, '', NULL
+               n.prev_hash, n.uuid, n.subject_id, p.slug, 'objected', n.source, n.received_at,
+               n.received_at, %(now)s, n.receipt_code, n.email, '', NULL, NULL, '', NULL
            )
-    FROM (
-        SELECT e.*, p.slug, demur_receipt_from(e.receipt_bits) AS receipt
-        FROM eligible e JOIN optout_purpose p ON p.id = e.purpose_id
-    ) n
-    RETURNING id, uuid, subject_id, purpose_id, source, received_at, effective_at, receipt, hash
+    FROM eligible n JOIN optout_purpose p ON p.id = n.purpose_id
+    RETURNING id, uuid, subject_id, purpose_id, source, received_at, effective_at,
+              demur_receipt(id, receipt_code) AS receipt, hash
 ), updated AS (
     UPDATE optout_objectionstate s SET
         objected = true, source = i.source, received_at = i.received_at,

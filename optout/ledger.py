@@ -1,5 +1,5 @@
-"""The ledger's hash chain and receipt numbers: pure functions, shared by the services,
-the importer and `verify_ledger`, so all three agree byte for byte."""
+"""The ledger's hash chain, event ids and receipt numbers: pure functions, shared by the
+services, the importer and `verify_ledger`, so all three agree byte for byte."""
 
 from __future__ import annotations
 
@@ -28,15 +28,34 @@ def new_event_uuid() -> uuid_lib.UUID:
     return uuid_lib.UUID(int=value)
 
 
-def new_receipt() -> str:
-    """A short human receipt number such as 7KQ4-M2XD-9PTR (60 random bits)."""
-    value = secrets.randbits(60)
-    chars = []
-    for _ in range(12):
-        value, index = divmod(value, 32)
-        chars.append(_RECEIPT_ALPHABET[index])
-    code = "".join(chars)
-    return f"{code[0:4]}-{code[4:8]}-{code[8:12]}"
+# A receipt number is the event's id and 24 random bits, as 12 Crockford base32
+# characters: short enough to read out on the phone, found again through the primary key
+# (no index of its own, so every insert is cheaper), and not guessable from its neighbours.
+RECEIPT_CODE_BITS = 24
+_RECEIPT_DECODE = {char: value for value, char in enumerate(_RECEIPT_ALPHABET)}
+_RECEIPT_DECODE.update({"O": 0, "I": 1, "L": 1})
+
+
+def new_receipt_code() -> int:
+    return secrets.randbits(RECEIPT_CODE_BITS)
+
+
+def format_receipt(event_id: int, code: int) -> str:
+    """The receipt number of event `event_id`, such as 000D-2KQ4-M2XD."""
+    value = event_id << RECEIPT_CODE_BITS | code
+    chars = "".join(_RECEIPT_ALPHABET[(value >> shift) & 31] for shift in range(55, -1, -5))
+    return f"{chars[0:4]}-{chars[4:8]}-{chars[8:12]}"
+
+
+def parse_receipt(text: str) -> tuple[int, int] | None:
+    """(event id, code) from a receipt number as a person may type it, or None."""
+    cleaned = text.strip().upper().replace("-", "").replace(" ", "")
+    if len(cleaned) != 12 or any(char not in _RECEIPT_DECODE for char in cleaned):
+        return None
+    value = 0
+    for char in cleaned:
+        value = value << 5 | _RECEIPT_DECODE[char]
+    return value >> RECEIPT_CODE_BITS, value & ((1 << RECEIPT_CODE_BITS) - 1)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -67,7 +86,7 @@ def event_hash(
     received_at: datetime,
     effective_at: datetime,
     recorded_at: datetime,
-    receipt: str,
+    receipt_code: int,
     email: str = "",
     reason: str = "",
     campaign_id: int | None = None,
@@ -90,7 +109,7 @@ def event_hash(
         format_timestamp(received_at),
         format_timestamp(effective_at),
         format_timestamp(recorded_at),
-        receipt,
+        receipt_code,
         email,
         reason,
         campaign_id,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.db import models
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_lazy as _
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.models import AbstractAPIKey
 
-from optout.ledger import new_event_uuid
+from optout.ledger import format_receipt, new_event_uuid
 
 
 class Purpose(models.Model):
@@ -96,9 +97,11 @@ class ObjectionEvent(models.Model):
     received_at = models.DateTimeField(_("received at"))
     effective_at = models.DateTimeField(_("effective from"))
     recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now, editable=False)
-    receipt = models.CharField(_("receipt"), max_length=16)
+    # With the id, the receipt number (optout.ledger.format_receipt).
+    receipt_code = models.PositiveIntegerField(_("receipt code"))
     # An API caller's Idempotency-Key: a retry with the same key is a no-op.
-    idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True)
+    # NULL, not "": the unique constraint below must ignore events without a key.
+    idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True)  # noqa: DJ001
     prev_hash = models.CharField(_("previous hash"), max_length=64)
     hash = models.CharField(_("hash"), max_length=64)
 
@@ -112,9 +115,6 @@ class ObjectionEvent(models.Model):
             models.Index(fields=["subject_id", "purpose", "id"], name="optout_event_subject"),
         ]
         constraints = [
-            # admin search by receipt; a constraint rather than unique=True, which would
-            # add a second (LIKE) index on PostgreSQL
-            models.UniqueConstraint(fields=["receipt"], name="optout_event_receipt"),
             models.UniqueConstraint(
                 fields=["purpose", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
@@ -124,6 +124,10 @@ class ObjectionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.receipt} {self.subject_id} {self.action}"
+
+    @property
+    def receipt(self) -> str:
+        return format_receipt(self.id, self.receipt_code) if self.id else ""
 
 
 class ObjectionState(models.Model):
@@ -230,6 +234,9 @@ class OutboxMessage(models.Model):
             models.Index(fields=["id"], condition=models.Q(status="pending"), name="optout_outbox_pending"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
 
 class EmailVerification(models.Model):
     """A public-form request waiting for its single-use link (valid 30 minutes).
@@ -248,3 +255,6 @@ class EmailVerification(models.Model):
     class Meta:
         verbose_name = _("email verification")
         verbose_name_plural = _("email verifications")
+
+    def __str__(self) -> str:
+        return f"verification #{self.pk}"

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from config.metrics import OBJECTIONS_RECORDED
-from optout.ledger import GENESIS_HASH, event_hash, new_receipt
+from optout.ledger import GENESIS_HASH, event_hash, new_receipt_code
 from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
 
 
@@ -170,7 +170,7 @@ def _append(
             received_at=received_at,
             effective_at=effective_at,
             recorded_at=now,
-            receipt=new_receipt(),
+            receipt_code=new_receipt_code(),
             idempotency_key=idempotency_key or None,
             prev_hash=state.head_hash or GENESIS_HASH,
         )
@@ -184,7 +184,7 @@ def _append(
             received_at=received_at,
             effective_at=effective_at,
             recorded_at=now,
-            receipt=event.receipt,
+            receipt_code=event.receipt_code,
             email=email,
             reason=reason,
             campaign_id=campaign_id,

@@ -44,7 +44,7 @@ class Migration(migrations.Migration):
                 ('received_at', models.DateTimeField(verbose_name='received at')),
                 ('effective_at', models.DateTimeField(verbose_name='effective from')),
                 ('recorded_at', models.DateTimeField(default=django.utils.timezone.now, editable=False, verbose_name='recorded at')),
-                ('receipt', models.CharField(max_length=16, verbose_name='receipt')),
+                ('receipt_code', models.PositiveIntegerField(verbose_name='receipt code')),
                 ('idempotency_key', models.CharField(blank=True, max_length=200, null=True, verbose_name='idempotency key')),
                 ('prev_hash', models.CharField(max_length=64, verbose_name='previous hash')),
                 ('hash', models.CharField(max_length=64, verbose_name='hash')),
@@ -90,9 +90,5 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='objectionevent',
             constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('purpose', 'idempotency_key'), name='optout_event_idempotency_key'),
-        ),
-        migrations.AddConstraint(
-            model_name='objectionevent',
-            constraint=models.UniqueConstraint(fields=('receipt',), name='optout_event_receipt'),
         ),
     ]

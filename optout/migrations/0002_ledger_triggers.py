@@ -28,7 +28,7 @@ $$;
 -- STABLE, not IMMUTABLE, because to_char is.
 CREATE FUNCTION demur_event_hash(
     prev_hash text, uuid uuid, subject_id text, purpose text, action text, source text,
-    received_at timestamptz, effective_at timestamptz, recorded_at timestamptz, receipt text,
+    received_at timestamptz, effective_at timestamptz, recorded_at timestamptz, receipt_code integer,
     email text, reason text, campaign_id bigint, notice_version_id bigint, staff_user text,
     idempotency_key text
 ) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -43,7 +43,7 @@ CREATE FUNCTION demur_event_hash(
         || '27:' || to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
         || '27:' || to_char(effective_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
         || '27:' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-        || coalesce(length(receipt) || ':' || receipt, '~')
+        || coalesce(length(receipt_code::text) || ':' || receipt_code::text, '~')
         || coalesce(length(email) || ':' || email, '~')
         || coalesce(length(reason) || ':' || reason, '~')
         || coalesce(length(campaign_id::text) || ':' || campaign_id::text, '~')
@@ -65,22 +65,15 @@ CREATE FUNCTION demur_uuid7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE A
         'hex')::uuid
 $$;
 
--- A receipt number like optout.ledger.new_receipt(): 12 Crockford base32 characters from
--- 60 random bits (the bytes of a v4 UUID that are not version or variant bits).
-CREATE FUNCTION demur_receipt_from(b bytea) RETURNS text
+-- The receipt number of an event, as optout.ledger.format_receipt: the id and a 24-bit
+-- code as 12 Crockford base32 characters, grouped by four.
+CREATE FUNCTION demur_receipt(id bigint, code integer) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 0) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 1) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 2) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 3) % 32 + 1, 1) || '-'
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 4) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 5) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 9) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 10) % 32 + 1, 1) || '-'
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 11) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 12) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 13) % 32 + 1, 1)
-        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', get_byte(b, 14) % 32 + 1, 1)
+    SELECT string_agg(
+               substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> (55 - 5 * i)) & 31)::integer + 1, 1)
+               || CASE WHEN i IN (3, 7) THEN '-' ELSE '' END,
+               '' ORDER BY i)
+    FROM generate_series(0, 11) AS i
 $$;
 
 CREATE TRIGGER demur_ledger_no_update_delete
@@ -101,10 +94,10 @@ DROP TRIGGER demur_ledger_stamp_xid ON optout_objectionevent;
 DROP TRIGGER demur_ledger_no_truncate ON optout_objectionevent;
 DROP TRIGGER demur_ledger_no_update_delete ON optout_objectionevent;
 DROP FUNCTION demur_ledger_stamp_xid();
-DROP FUNCTION demur_receipt_from(bytea);
+DROP FUNCTION demur_receipt(bigint, integer);
 DROP FUNCTION demur_uuid7();
 DROP FUNCTION demur_event_hash(text, uuid, text, text, text, text, timestamptz, timestamptz,
-    timestamptz, text, text, text, bigint, bigint, text, text);
+    timestamptz, integer, text, text, bigint, bigint, text, text);
 
 DROP FUNCTION demur_ledger_reject_change();
 """
