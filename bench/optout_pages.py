@@ -208,7 +208,7 @@ def open_loop(port: int, csrf, paths: list[str], subjects: list[str], rate: floa
                 with connection.cursor() as db:
                     db.execute(
                         "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) FROM pg_stat_activity"
-                        " WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL OR backend_xid IS NOT NULL"
+                        " WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)"
                     )
                     held_back[0] = max(held_back[0], float(db.fetchone()[0]))
             if not page.has_more:
