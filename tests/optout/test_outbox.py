@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -178,3 +179,17 @@ def test_it_sends_the_mail_through_a_real_worker_once_the_broker_is_back(purpose
     sent = files[0].read_text()
     assert ObjectionEvent.objects.get().receipt in sent
     assert len(mail.outbox) == 0  # sent by the worker, not by this process
+
+
+def test_it_hands_out_again_a_mail_whose_worker_died_mid_send(purpose, broker_down):
+    _object()
+    _wait_for_enqueue_threads()
+    message = OutboxMessage.objects.get()
+    stuck_since = message.created_at - timedelta(hours=1)
+    OutboxMessage.objects.filter(id=message.id).update(status="sending", claimed_at=stuck_since)
+    _use_broker(None)
+
+    assert outbox_sweep() == [message.id]
+
+    message.refresh_from_db()
+    assert message.status == "sent" and len(mail.outbox) == 1

@@ -445,3 +445,35 @@ def test_it_refuses_an_unsubscribe_post_without_the_one_click_field(purpose):
 
     assert response.status_code == 400
     assert Suppression.objects.count() == 0
+
+
+# --- languages and wiring ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", [code for code, _name in settings.LANGUAGES])
+def test_it_shows_the_link_page_and_receipt_in_each_language(purpose, language):
+    url = local(objection_url(claims(subject=f"user-{language}", language=language)))
+    with translation.override(language):
+        button = translation.gettext("Send my objection")
+        recorded = translation.gettext("Your objection has been recorded")
+    if language != "en":
+        assert button != "Send my objection" and recorded != "Your objection has been recorded"
+
+    shown = Client().get(url)
+    answered = Client().post(url, {"object": "yes"})
+
+    assert f'<html lang="{language}"' in shown.content.decode()
+    assert button in shown.content.decode()
+    assert recorded in answered.content.decode()
+    receipt = ObjectionEvent.objects.get().receipt
+    assert receipt in answered.content.decode()
+    assert receipt in mail.outbox[0].subject
+    if language != "en":
+        assert "Your objection" not in mail.outbox[0].subject and "We have recorded" not in mail.outbox[0].body
+
+
+def test_it_keeps_the_bench_view_out_of_production_urls():
+    from django.urls import Resolver404, resolve
+
+    with pytest.raises(Resolver404):
+        resolve("/bench/insert-one-row/")
