@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.db import DatabaseError
+from django.template.response import TemplateResponse
 from django.utils.translation import gettext_lazy as _
+from django_ratelimit.core import is_ratelimited
 
 from config.health import feed_blockers
 
@@ -16,6 +18,14 @@ class DemurAdminSite(admin.AdminSite):
     index_title = _("Notices and objections")
     index_template = "admin/demur_index.html"
 
+    def login(self, request, extra_context=None):
+        """Django's admin login, refused with 429 after too many attempts from one address
+        or for one username (django-ratelimit on the shared cache)."""
+        if request.method == "POST" and _login_limited(request):
+            context = {**self.each_context(request), "title": _("Too many login attempts")}
+            return TemplateResponse(request, "admin/login_limited.html", context, status=429)
+        return super().login(request, extra_context)
+
     def index(self, request, extra_context=None):
         try:
             stalls = feed_blockers(older_than=settings.DEMUR_FEED_STALL_WARNING)
@@ -23,3 +33,18 @@ class DemurAdminSite(admin.AdminSite):
             stalls = []
         extra_context = {**(extra_context or {}), "feed_stalls": stalls}
         return super().index(request, extra_context)
+
+
+def _login_limited(request) -> bool:
+    by_address = is_ratelimited(
+        request, group="admin-login-ip", key="ip", rate=settings.DEMUR_ADMIN_LOGIN_RATE_IP, method="POST", increment=True
+    )
+    by_username = is_ratelimited(
+        request,
+        group="admin-login-user",
+        key=lambda group, req: (req.POST.get("username") or "").strip().lower(),
+        rate=settings.DEMUR_ADMIN_LOGIN_RATE_USER,
+        method="POST",
+        increment=True,
+    )
+    return by_address or by_username

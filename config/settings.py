@@ -300,6 +300,12 @@ DEMUR_FORM_RATE_EMAIL = env_str("DEMUR_FORM_RATE_EMAIL", "5/h")
 # /metrics answers a bearer token or these addresses; nobody else.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+# Behind a proxy, the request.META key that holds the client's address for rate limits
+# (e.g. HTTP_X_REAL_IP, set by the proxy); unset: REMOTE_ADDR.
+RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY") or None
+# Admin login attempts allowed per address and per username (django-ratelimit rates).
+DEMUR_ADMIN_LOGIN_RATE_IP = env_str("DEMUR_ADMIN_LOGIN_RATE_IP", "20/10m")
+DEMUR_ADMIN_LOGIN_RATE_USER = env_str("DEMUR_ADMIN_LOGIN_RATE_USER", "5/10m")
 # The admin warns when a transaction has held the change feed back longer than this (s).
 DEMUR_FEED_STALL_WARNING = env_int("DEMUR_FEED_STALL_WARNING", 60, minimum=1)
 

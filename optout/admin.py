@@ -3,13 +3,18 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
+from optout import admin_views
 from optout.ledger import parse_receipt
-from optout.models import ApiClient, ApiScope, ObjectionEvent, ObjectionState, Purpose
+from optout.models import ApiClient, ApiScope, AuditEntry, ObjectionEvent, ObjectionState, Purpose
+from optout.services import audit_record
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -45,6 +50,18 @@ class ObjectionEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "received_at"
     show_full_result_count = False  # count(*) on a ledger of millions on every page load
     ordering = ["-id"]
+    change_list_template = "admin/optout/objectionevent/change_list.html"
+
+    def get_urls(self):
+        def wrap(view):
+            return self.admin_site.admin_view(lambda request: view(self, request))
+
+        return [
+            path("record/", wrap(admin_views.staff_entry_view), name="optout_objectionevent_record"),
+            path("import/", wrap(admin_views.import_view), name="optout_objectionevent_import"),
+            path("export/", wrap(admin_views.export_view), name="optout_objectionevent_export"),
+            *super().get_urls(),
+        ]
 
     def get_search_results(self, request, queryset, search_term):
         # A receipt number holds the event's id: found through the primary key.
@@ -57,13 +74,19 @@ class ObjectionEventAdmin(ReadOnlyAdmin):
 
 @admin.register(ObjectionState)
 class ObjectionStateAdmin(ReadOnlyAdmin):
-    list_display = ["subject_id", "purpose", "objected", "source", "received_at", "effective_at", "receipt"]
+    list_display = ["subject_id", "purpose", "objected", "source", "received_at", "effective_at", "receipt", "history"]
     list_filter = ["purpose", "objected", "source", ("received_at", admin.DateFieldListFilter)]
     search_fields = ["=subject_id"]
     search_help_text = _("Exact subject id or receipt number.")
     list_select_related = ["purpose"]
     show_full_result_count = False
     ordering = ["-updated_at"]
+
+    @admin.display(description=_("history"))
+    def history(self, state: ObjectionState) -> str:
+        url = reverse("admin:optout_objectionevent_changelist")
+        query = urlencode({"subject_id": state.subject_id, "purpose__id__exact": state.purpose_id})
+        return format_html('<a href="{}?{}">{}</a>', url, query, gettext("all events"))
 
     def get_search_results(self, request, queryset, search_term):
         found = parse_receipt(search_term)
@@ -104,6 +127,9 @@ class ApiClientAdmin(APIKeyModelAdmin):
             return
         key = ApiClient.objects.assign_key(obj)
         obj.save()
+        audit_record(
+            user=request.user, action=AuditEntry.Action.KEY_CREATED, target=obj.name, details={"prefix": obj.prefix, "scopes": obj.scopes}
+        )
         messages.warning(
             request,
             gettext("The API key for {name} is: {key} — store it somewhere safe now: it will not be shown again.").format(
@@ -113,7 +139,9 @@ class ApiClientAdmin(APIKeyModelAdmin):
 
     @admin.action(description=_("Revoke the selected API keys"), permissions=["change"])
     def revoke(self, request, queryset) -> None:
-        count = queryset.filter(revoked=False).update(revoked=True)
+        prefixes = list(queryset.filter(revoked=False).values_list("prefix", flat=True))
+        count = queryset.filter(prefix__in=prefixes).update(revoked=True)
+        audit_record(user=request.user, action=AuditEntry.Action.KEY_REVOKED, target=", ".join(prefixes)[:300])
         messages.success(
             request, ngettext("{count} API key revoked.", "{count} API keys revoked.", count).format(count=count)
         )
@@ -121,3 +149,14 @@ class ApiClientAdmin(APIKeyModelAdmin):
 
 # The library's own key model is unused: Demur's keys are ApiClient rows, with scopes.
 admin.site.unregister(APIKey)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """Who did what and when: readable by both staff roles, editable by nobody."""
+
+    list_display = ["at", "username", "action", "target"]
+    list_filter = ["action", ("at", admin.DateFieldListFilter)]
+    search_fields = ["=username", "target"]
+    date_hierarchy = "at"
+    show_full_result_count = False

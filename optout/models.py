@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -258,3 +259,42 @@ class EmailVerification(models.Model):
 
     def __str__(self) -> str:
         return f"verification #{self.pk}"
+
+
+class AuditEntry(models.Model):
+    """One staff action, for the trail a regulator may ask for. Written by
+    optout.services.audit_record inside the action's own transaction; never edited."""
+
+    class Action(models.TextChoices):
+        STAFF_ENTRY = "staff-entry", _("recorded an objection received by letter or email")
+        IMPORT = "import", _("imported past objections")
+        EXPORT = "export", _("exported objections")
+        KEY_CREATED = "key-created", _("created an API key")
+        KEY_REVOKED = "key-revoked", _("revoked API keys")
+        LAUNCH = "launch", _("launched a campaign")
+        PAUSE = "pause", _("paused a campaign")
+        RESUME = "resume", _("resumed a campaign")
+        CANCEL = "cancel", _("cancelled a campaign")
+        TEST_SEND = "test-send", _("sent a test notice")
+
+    at = models.DateTimeField(_("when"), default=timezone.now, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("user")
+    )
+    username = models.CharField(_("who"), max_length=150)  # kept if the account is deleted
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    target = models.CharField(_("about"), max_length=300, blank=True)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("audit entry")
+        verbose_name_plural = _("audit log")
+        ordering = ["-at"]
+        permissions = [
+            ("record_objection", _("Can record an objection received by letter or email")),
+            ("import_objections", _("Can import past objections")),
+            ("export_objections", _("Can export objections")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.target}"

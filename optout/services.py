@@ -247,3 +247,17 @@ def _receipt_for(
         created=created,
         event_uuid=state.last_event.uuid if created and state.last_event else None,
     )
+
+
+def audit_record(*, user, action: str, target: str = "", details: dict | None = None) -> None:
+    """Add a line to the staff audit log. Call it inside the action's transaction, so the
+    trail has the action exactly when the action happened."""
+    from optout.models import AuditEntry
+
+    AuditEntry.objects.create(
+        user=user if getattr(user, "pk", None) else None,
+        username=getattr(user, "username", "") or "-",
+        action=action,
+        target=target[:300],
+        details=details or {},
+    )
