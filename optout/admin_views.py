@@ -11,9 +11,9 @@ import tempfile
 
 from django import forms
 from django.contrib import messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.contrib.admin.options import IncorrectLookupParameters
 from django.http import HttpResponseBadRequest, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
