@@ -14,7 +14,7 @@ gunicorn, 2 sync workers, DEBUG off, throttle on Redis; the client encodes the b
 parses the answer) and runs the same ids through the bare query from Python
 (`... WHERE purpose_id = %s AND objected AND subject_id = ANY(%s)`, fetchall; psycopg
 prepares it after five runs, so it is measured with its generic plan), and, as a second
-baseline, the LATERAL statement the API itself runs. They alternate so all see the same
+baseline, the statement the API itself runs (ids as one JSON parameter, LATERAL probes). They alternate so all see the same
 machine load. Prints p50 and p99 of each and the ratios to the bare query.
 
 Target (issue 4): HTTP p50 within 1.5x and p99 within 3x of the bare query.
@@ -40,7 +40,7 @@ BARE_SQL = (
 )
 # The statement the API runs (optout.selectors.objection_check), for a second baseline.
 API_SQL = (
-    "SELECT q.subject_id, s.effective_at FROM unnest(%s::text[]) AS q(subject_id)"
+    "SELECT q.subject_id, s.effective_at FROM json_array_elements_text(%s::json) AS q(subject_id)"
     " CROSS JOIN LATERAL (SELECT effective_at FROM optout_objectionstate"
     "   WHERE subject_id = q.subject_id AND purpose_id = %s AND objected) AS s"
 )
@@ -91,7 +91,7 @@ def main() -> None:
             return len(conn.execute(BARE_SQL, [purpose_id, ids]).fetchall())
 
         def via_api_sql(ids: list[str]) -> int:
-            return len(conn.execute(API_SQL, [ids, purpose_id]).fetchall())
+            return len(conn.execute(API_SQL, [json.dumps(ids), purpose_id]).fetchall())
 
         for n in range(args.warmup + args.requests):
             ids = lists[n % len(lists)]
