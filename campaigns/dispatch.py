@@ -390,7 +390,8 @@ def _pause_on_errors(campaign_id: int, *, sent: int, failed: int) -> None:
 
 
 def campaign_complete(*, campaign_id: int, now: dt.datetime | None = None) -> bool:
-    """running -> completed once no mail is pending or in a worker's hands."""
+    """running -> completed once no mail is pending or in a worker's hands. A campaign
+    with in-app notices keeps showing them until its end of sending (or a cancel)."""
     from campaigns.services import recipients_mark_campaign_ended
 
     now = now or timezone.now()
@@ -399,7 +400,7 @@ def campaign_complete(*, campaign_id: int, now: dt.datetime | None = None) -> bo
     )
     with transaction.atomic():
         done = (
-            Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.RUNNING)
+            Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.RUNNING, send_inapp=False)
             .exclude(pk__in=busy.values("campaign_id"))
             .update(status=Campaign.Status.COMPLETED, ended_at=now)
         )
@@ -469,6 +470,10 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> None:
     for campaign_id in Campaign.objects.filter(status=Campaign.Status.RUNNING).exclude(pk__in=started).values_list("pk", flat=True):
         if campaign_complete(campaign_id=campaign_id, now=now):
             continue
+        if not Delivery.objects.filter(
+            campaign_id=campaign_id, channel=Delivery.Channel.MAIL, status=S.PENDING
+        ).exists():
+            continue  # nothing to send: in-app only, or only mail in workers' hands
         stalled = Campaign.objects.filter(pk=campaign_id).filter(
             Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stalled_before)
         )

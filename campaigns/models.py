@@ -215,6 +215,11 @@ class Delivery(models.Model):
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     message_id = models.CharField(_("Message-ID"), max_length=200, blank=True)
     error = models.TextField(_("error"), blank=True)
+    # In-app notices: what the platform reported (POST /api/v1/notices/{id}/events), the
+    # server-side proof that the notice was seen. Each is set once, at its first report.
+    shown_at = models.DateTimeField(_("shown at"), null=True, blank=True)
+    clicked_at = models.DateTimeField(_("clicked at"), null=True, blank=True)
+    dismissed_at = models.DateTimeField(_("dismissed at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("delivery")

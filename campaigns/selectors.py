@@ -81,3 +81,48 @@ def campaign_progress(*, campaign_id: int) -> Progress:
     for channel, status, n in rows:
         counts.setdefault(channel, {})[status] = n
     return Progress(counts)
+
+
+@dataclass(frozen=True)
+class InappNotice:
+    delivery: object  # campaigns.models.Delivery
+    notice: object  # campaigns.notices.RenderedNotice
+    object_url: str
+
+
+def inapp_notices(*, subject_id: str) -> list[InappNotice]:
+    """The in-app notices the subject should see now: of running campaigns, not past
+    their end of sending, not dismissed; each rendered from its frozen version in the
+    subject's language with their signed objection link."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from campaigns.models import Campaign, Delivery
+    from campaigns.notices import notice_links, notice_personalise
+
+    now = timezone.now()
+    deliveries = (
+        Delivery.objects.filter(
+            subject_id=subject_id,
+            channel=Delivery.Channel.INAPP,
+            status__in=[Delivery.Status.PENDING, Delivery.Status.SENT],
+            dismissed_at__isnull=True,
+            campaign__status=Campaign.Status.RUNNING,
+        )
+        .filter(Q(campaign__expires_at__isnull=True) | Q(campaign__expires_at__gt=now))
+        .select_related("notice_version__campaign__purpose")
+        .order_by("id")
+    )
+    notices = []
+    for delivery in deliveries:
+        version = delivery.notice_version
+        object_url, unsubscribe_url = notice_links(version, subject_id=subject_id)
+        notice = notice_personalise(
+            version,
+            name="",
+            object_url=object_url,
+            unsubscribe_url=unsubscribe_url,
+            objected_on=delivery.objected_at.date() if delivery.objected_at else None,
+        )
+        notices.append(InappNotice(delivery, notice, object_url))
+    return notices

@@ -273,3 +273,23 @@ def recipients_mark_campaign_ended(*, campaign_id: int, now: dt.datetime) -> int
     return Recipient.objects.filter(
         subject_id__in=Delivery.objects.filter(campaign_id=campaign_id).values("subject_id")
     ).update(last_campaign_ended_at=now)
+
+
+# --- The in-app channel -------------------------------------------------------------------
+
+INAPP_EVENTS = ("shown", "clicked", "dismissed")
+
+
+def inapp_event_record(*, delivery_id: int, event: str, now: dt.datetime | None = None) -> Delivery | None:
+    """Record that the platform showed, clicked or dismissed an in-app notice. Each time
+    is set once (a repeat changes nothing); a click or dismissal implies it was shown.
+    Returns the delivery, or None when no in-app delivery has this id."""
+    if event not in INAPP_EVENTS:
+        raise ValueError(event)
+    now = now or timezone.now()
+    deliveries = Delivery.objects.filter(pk=delivery_id, channel=Delivery.Channel.INAPP)
+    with transaction.atomic():
+        deliveries.filter(**{f"{event}_at__isnull": True}).update(**{f"{event}_at": now})
+        deliveries.filter(shown_at__isnull=True).update(shown_at=now)
+        deliveries.filter(status=Delivery.Status.PENDING).update(status=Delivery.Status.SENT, sent_at=now)
+    return deliveries.first()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from campaigns import api as campaigns_api
 from optout import api
 
 urlpatterns = [
@@ -13,6 +14,8 @@ urlpatterns = [
     path("v1/objections/export", api.ExportView.as_view(), name="api-objections-export"),
     path("v1/objections", api.RecordObjectionView.as_view(), name="api-objections-record"),
     path("v1/objections/<str:subject_id>", api.SubjectView.as_view(), name="api-objections-subject"),
+    path("v1/subjects/<str:subject_id>/notices", campaigns_api.SubjectNoticesView.as_view(), name="api-notices-list"),
+    path("v1/notices/<str:notice_id>/events", campaigns_api.NoticeEventView.as_view(), name="api-notices-event"),
 ]
 
 # Keep last: any other path under /api/ answers 404 in the API's JSON error shape.

@@ -1,0 +1,115 @@
+"""The in-app channel of the API (v1): the platform fetches a subject's pending notices,
+rendered in their language, and reports what the person did with them. Auth, errors and
+throttling are the objection API's (optout.api)."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers
+
+from campaigns.selectors import inapp_notices
+from campaigns.services import INAPP_EVENTS, inapp_event_record
+from optout.api import _ERROR, COMMON_ERRORS, SUBJECT_ID_MAX, ApiView, BadRequest, _ts
+from optout.models import ApiScope
+
+_NOTICE_FIELDS = {
+    "id": serializers.IntegerField(help_text=_("Report events for this notice with this id.")),
+    "campaign_id": serializers.IntegerField(),
+    "purpose": serializers.CharField(),
+    "language": serializers.CharField(),
+    "direction": serializers.ChoiceField(["ltr", "rtl"]),
+    "notice_version": inline_serializer(
+        "InappNoticeVersion", {"id": serializers.IntegerField(), "content_hash": serializers.CharField()}
+    ),
+    "already_objected": serializers.BooleanField(),
+    "title": serializers.CharField(),
+    "html": serializers.CharField(help_text=_("The notice as HTML, with the signed objection link.")),
+    "object_url": serializers.URLField(allow_null=True, help_text=_("None when the person already objects.")),
+    "shown_at": serializers.DateTimeField(allow_null=True),
+}
+
+
+class EventInputSerializer(serializers.Serializer):
+    event = serializers.ChoiceField(INAPP_EVENTS)
+
+
+class SubjectNoticesView(ApiView):
+    required_scope = ApiScope.NOTICES_READ
+
+    @extend_schema(
+        operation_id="notices_list",
+        summary=str(_("A subject's pending in-app notices")),
+        responses={
+            200: inline_serializer(
+                "InappNotices", {"notices": inline_serializer("InappNotice", _NOTICE_FIELDS, many=True)}
+            ),
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request, subject_id: str):
+        if len(subject_id) > SUBJECT_ID_MAX or "\x00" in subject_id:
+            raise BadRequest(
+                _("A subject id is a string of 1 to {max} characters.").format(max=SUBJECT_ID_MAX),
+                code="bad_subject_id",
+            )
+        notices = []
+        for item in inapp_notices(subject_id=subject_id):
+            delivery, version = item.delivery, item.delivery.notice_version
+            notices.append(
+                {
+                    "id": delivery.pk,
+                    "campaign_id": delivery.campaign_id,
+                    "purpose": version.campaign.purpose.slug,
+                    "language": version.language,
+                    "direction": version.direction,
+                    "notice_version": {"id": version.pk, "content_hash": version.content_hash},
+                    "already_objected": delivery.objected_at is not None,
+                    "title": item.notice.subject,
+                    "html": item.notice.inapp,
+                    "object_url": item.object_url if delivery.objected_at is None else None,
+                    "shown_at": _ts(delivery.shown_at),
+                }
+            )
+        return JsonResponse({"notices": notices})
+
+
+class NoticeEventView(ApiView):
+    required_scope = ApiScope.NOTICES_READ
+
+    @extend_schema(
+        operation_id="notices_event",
+        summary=str(_("Report that a notice was shown, clicked or dismissed")),
+        description=str(_("Each event is recorded once, at its first report; repeating it changes nothing.")),
+        request=EventInputSerializer,
+        responses={
+            200: inline_serializer(
+                "InappNoticeEvents",
+                {
+                    "id": serializers.IntegerField(),
+                    "shown_at": serializers.DateTimeField(allow_null=True),
+                    "clicked_at": serializers.DateTimeField(allow_null=True),
+                    "dismissed_at": serializers.DateTimeField(allow_null=True),
+                },
+            ),
+            404: _ERROR,
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request, notice_id: str):
+        data = EventInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        delivery = None
+        if notice_id.isascii() and notice_id.isdigit() and 0 < int(notice_id) < 2**63:
+            delivery = inapp_event_record(delivery_id=int(notice_id), event=data.validated_data["event"])
+        if delivery is None:
+            raise exceptions.NotFound(_("There is no in-app notice {id}.").format(id=notice_id))
+        return JsonResponse(
+            {
+                "id": delivery.pk,
+                "shown_at": _ts(delivery.shown_at),
+                "clicked_at": _ts(delivery.clicked_at),
+                "dismissed_at": _ts(delivery.dismissed_at),
+            }
+        )
