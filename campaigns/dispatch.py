@@ -466,6 +466,10 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> None:
         if Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SCHEDULED).update(status=Campaign.Status.RUNNING):
             dispatch_enqueue(campaign_id=campaign_id)
     deliveries_settle(now=now)
+    # Mail a worker held while its campaign was cancelled came back as pending: cancel it too.
+    Delivery.objects.filter(
+        campaign__status=Campaign.Status.CANCELLED, channel=Delivery.Channel.MAIL, status=S.PENDING
+    ).update(status=S.CANCELLED)
     stalled_before = now - dt.timedelta(seconds=3 * settings.CELERY_BEAT_SCHEDULE["campaigns-tick"]["schedule"])
     for campaign_id in Campaign.objects.filter(status=Campaign.Status.RUNNING).exclude(pk__in=started).values_list("pk", flat=True):
         if campaign_complete(campaign_id=campaign_id, now=now):

@@ -16,13 +16,14 @@ from django.utils import timezone
 from campaigns.dispatch import (
     _claim,
     _Recorder,
+    campaigns_tick,
     deliveries_settle,
     dispatch_batch,
 )
 from campaigns.models import Campaign, Delivery, Recipient
 from campaigns.ratelimit import tokens_take
 from campaigns.selectors import campaign_progress
-from campaigns.services import campaign_launch, campaign_pause
+from campaigns.services import campaign_cancel, campaign_launch, campaign_pause
 from optout.links import OBJECT_SALT, UNSUBSCRIBE_SALT, read_token
 from optout.services import objection_record
 from tests.campaigns.factories import make_campaign
@@ -189,3 +190,16 @@ def test_it_shares_one_send_rate_between_concurrent_senders():
         thread.join()
     # At most the full bucket at the start plus what refills: one rate, not four.
     assert rate * duration * 0.8 <= sum(taken) <= rate * (duration + 1) + 20
+
+
+def test_it_cancels_the_mail_a_worker_held_when_the_campaign_was_cancelled(purpose, sink):
+    campaign = _launch(purpose)
+    rows = _claim(campaign.pk, 2, uuid.uuid4(), timezone.now())  # a worker holds two mails
+    assert campaign_cancel(campaign_id=campaign.pk) == 3
+    deliveries_settle(now=timezone.now() + dt.timedelta(seconds=61), timeout=60)  # the worker died
+    assert Delivery.objects.filter(pk__in=[r.id for r in rows], status="pending").count() == 2
+
+    campaigns_tick()
+
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"cancelled"}
+    assert dispatch_batch(campaign_id=campaign.pk).more is False and sink.counts == {}
