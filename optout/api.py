@@ -297,13 +297,22 @@ def _ts(value) -> str | None:
     return format_timestamp(value) if value is not None else None
 
 
-def _purpose(slug: str | None) -> Purpose:
+def _purpose_slug(slug: str | None) -> str:
     slug = slug or settings.DEMUR_DEFAULT_PURPOSE
     if "\x00" in slug:
         raise BadRequest(_("A purpose cannot contain NUL characters."), code="unknown_purpose")
+    return slug
+
+
+def _unknown_purpose(slug: str) -> BadRequest:
+    return BadRequest(_("Unknown purpose: {purpose}.").format(purpose=slug), code="unknown_purpose")
+
+
+def _purpose(slug: str | None) -> Purpose:
+    slug = _purpose_slug(slug)
     purpose = Purpose.objects.filter(slug=slug).first()
     if purpose is None:
-        raise BadRequest(_("Unknown purpose: {purpose}.").format(purpose=slug), code="unknown_purpose")
+        raise _unknown_purpose(slug)
     return purpose
 
 
@@ -342,7 +351,9 @@ class ChangeFeedView(ApiView):
         try:
             cursor = Cursor.decode(query.validated_data.get("cursor"))
         except BadCursor:
-            raise BadRequest(_("This cursor is not valid; use a next_cursor from this API."), code="bad_cursor")
+            raise BadRequest(
+                _("This cursor is not valid; use a next_cursor from this API."), code="bad_cursor"
+            ) from None
         slug = query.validated_data.get("purpose")
         if slug:
             _purpose(slug)
@@ -379,11 +390,12 @@ class CheckView(ApiView):
         _check_body_size(request)
         data = CheckInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        purpose = _purpose(data.validated_data.get("purpose"))
+        slug = _purpose_slug(data.validated_data.get("purpose"))
         subject_ids = data.validated_data["subject_ids"]
-        # The horizon first: every event below it is already in the state read next.
-        horizon = feed_horizon()
-        objected = objection_check(purpose_id=purpose.pk, subject_ids=list(set(subject_ids)))
+        answer = objection_check(purpose=slug, subject_ids=list(set(subject_ids)))
+        if answer is None:
+            raise _unknown_purpose(slug)
+        objected, horizon = answer.effective_at, answer.horizon
         # Written directly: for 10,000 answers this is 3x faster than dicts and json.dumps.
         results = []
         for subject_id in subject_ids:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.db import connection
 
-from optout.models import ObjectionEvent, ObjectionState
+from optout.models import ObjectionEvent, ObjectionState, Purpose
 
 
 class BadCursor(ValueError):
@@ -318,41 +318,63 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
     return FeedJsonPage(events_json, len(raw), Cursor(last_xid or 0, last_id), len(raw) == limit)
 
 
-def objection_check(*, purpose_id: int, subject_ids: list[str]) -> dict[str, str]:
-    """The effective date (ISO 8601 text, as in the feed) of each of `subject_ids` who
-    currently objects; the others are absent."""
-    if connection.vendor == "postgresql":
-        import json
+@dataclass(frozen=True)
+class CheckAnswer:
+    horizon: Cursor  # the feed cursor this answer is consistent with
+    effective_at: dict[str, str]  # the objectors among the ids, with their ISO 8601 effective date
 
-        import psycopg
 
-        # One probe of the partial index per id: the LATERAL join keeps the plan a nested
-        # loop whatever the planner guesses. With `subject_id = ANY(<10,000 ids>)` it
-        # estimates 10,000 matches and scans the whole table (3x slower at 1M rows)
-        # unless a prepared statement's generic plan happens to be used.
-        # The ids travel as one JSON text parameter (server-side binding on Django's own
-        # connection, same transaction): json.dumps is C, while adapting a list to text[]
-        # runs a Python quoting check per id (15 ms for 10,000 ids) and Django's
-        # client-side binding would inline a 10,000-element literal.
-        # PostgreSQL formats the date, which spares parsing and re-formatting it here.
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as db:
-            db.execute(
-                f"SELECT q.subject_id, {_TS.format(col='s.effective_at')}"
-                " FROM json_array_elements_text(%s::json) AS q(subject_id)"
-                " CROSS JOIN LATERAL (SELECT effective_at FROM optout_objectionstate"
-                "   WHERE subject_id = q.subject_id AND purpose_id = %s AND objected) AS s",
-                [json.dumps(subject_ids), purpose_id],
-            )
-            return dict(db.fetchall())
-    from optout.ledger import format_timestamp
+# One probe of the partial index per id: the LATERAL join keeps the plan a nested loop
+# whatever the planner guesses. With `subject_id = ANY(<10,000 ids>)` it estimates 10,000
+# matches and scans the whole table (3x slower at 1M rows) unless a prepared statement's
+# generic plan happens to be used. The ids travel as one JSON text parameter: json.dumps
+# is C, while adapting a list to text[] runs a Python quoting check per id (15 ms for
+# 10,000), and Django's client-side binding would inline a 10,000-element literal.
+# PostgreSQL formats the date, which spares parsing and re-formatting it here.
+_CHECK_POSTGRES = f"""
+    SELECT q.subject_id, {_TS.format(col="s.effective_at")}
+    FROM json_array_elements_text(%s::json) AS q(subject_id)
+    CROSS JOIN LATERAL (
+        SELECT effective_at FROM optout_objectionstate
+        WHERE subject_id = q.subject_id AND objected
+          AND purpose_id = (SELECT id FROM optout_purpose WHERE slug = %s)
+    ) AS s
+"""
 
-    return {
-        subject_id: format_timestamp(effective_at)
-        for subject_id, effective_at in ObjectionState.objects.filter(
+
+def objection_check(*, purpose: str, subject_ids: list[str]) -> CheckAnswer | None:
+    """Which of `subject_ids` currently object to `purpose`, and the feed cursor the
+    answer is consistent with (read before the state, see feed_horizon). None when the
+    purpose does not exist."""
+    if connection.vendor != "postgresql":
+        from optout.ledger import format_timestamp
+
+        purpose_id = Purpose.objects.filter(slug=purpose).values_list("id", flat=True).first()
+        if purpose_id is None:
+            return None
+        horizon = feed_horizon()
+        rows = ObjectionState.objects.filter(
             purpose_id=purpose_id, objected=True, subject_id__in=subject_ids
         ).values_list("subject_id", "effective_at")
-    }
+        return CheckAnswer(horizon, {subject_id: format_timestamp(at) for subject_id, at in rows})
+
+    import json
+
+    import psycopg
+
+    # The purpose, the horizon and the state in one round trip (pipeline mode), in that
+    # order: each statement takes its own snapshot, so the horizon is read before the state.
+    # Server-side-binding cursors on Django's own connection, in its transaction if any.
+    connection.ensure_connection()
+    raw = connection.connection
+    with raw.pipeline(), psycopg.Cursor(raw) as find, psycopg.Cursor(raw) as edge, psycopg.Cursor(raw) as check:
+        find.execute("SELECT 1 FROM optout_purpose WHERE slug = %s", [purpose])
+        edge.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        check.execute(_CHECK_POSTGRES, [json.dumps(subject_ids), purpose])
+        exists = find.fetchone() is not None
+        (xmin,) = edge.fetchone()
+        effective_at = dict(check.fetchall())
+    return CheckAnswer(Cursor(xmin, 0), effective_at) if exists else None
 
 
 _OBJECTOR_LINES_POSTGRES = f"""
