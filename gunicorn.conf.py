@@ -19,10 +19,10 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
 max_requests_jitter = 1000
 # Trust X-Forwarded-* only from the proxy in front (comma-separated addresses).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-accesslog = "-"
+# No gunicorn access log: paths carry signed tokens. Django writes one JSON access line
+# per request instead, with tokens and addresses masked (config.metrics).
+accesslog = None
 errorlog = "-"
-# Access lines carry paths, and paths carry tokens: keep the path out of the access log.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms req=%({x-request-id}o)s'
 
 
 def child_exit(server, worker):

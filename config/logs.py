@@ -17,7 +17,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # user@example.org -> u***@example.org
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 # Django signing tokens (payload:timestamp:signature), API keys (prefix.secret), bearer values
-_TOKEN = re.compile(r"(/t/|/s/|/u/|/v/|token=|Bearer\s+)[^\s/\"'&]+|\b[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}\b|\b[\w-]{20,}:[\w-]{4,}:[\w-]{20,}\b")
+# (the opt-out pages' paths: /<lang>/optout/t|status|verify|unsubscribe/<token>/)
+_TOKEN = re.compile(
+    r"(/t/|/status/|/verify/|/unsubscribe/|token=|Bearer\s+)[^\s/\"'&]+"
+    r"|\b[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}\b"
+    r"|[.\w-]{20,}:[\w-]{4,}:[\w-]{20,}"
+)
 
 
 def redact(text: str) -> str:

@@ -9,6 +9,7 @@ when scraped, so every process reports the same truth.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 
@@ -26,6 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+access_log = logging.getLogger("demur.access")
+
 REQUEST_LATENCY = Histogram(
     "demur_http_request_duration_seconds",
     "Time to answer an HTTP request, by view.",
@@ -40,15 +43,26 @@ OBJECTIONS_RECORDED = Counter(
 
 
 class RequestMetricsMiddleware:
+    """Times every request for Prometheus and writes the access log line (logger
+    demur.access; config.logs masks the tokens that paths carry)."""
+
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
         start = time.perf_counter()
         response = self.get_response(request)
+        elapsed = time.perf_counter() - start
         match = getattr(request, "resolver_match", None)
         view = match.view_name if match and match.view_name else "unmatched"
-        REQUEST_LATENCY.labels(view, request.method, str(response.status_code)).observe(time.perf_counter() - start)
+        REQUEST_LATENCY.labels(view, request.method, str(response.status_code)).observe(elapsed)
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={"view": view, "status": response.status_code, "duration_ms": round(elapsed * 1000, 1)},
+        )
         return response
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -166,3 +167,22 @@ def test_a_backup_restores_into_a_fresh_database_with_an_intact_ledger(purpose, 
     assert result.returncode == 0, result.stderr
     assert "Ledger intact: 5 events in 5 chains." in result.stdout
     assert (tmp_path / "ledger.dump").stat().st_size > 0
+
+
+@pytest.mark.django_db
+def test_the_access_log_masks_the_token_in_a_link_path(client):
+    from optout.links import LinkClaims, objection_url
+
+    url = objection_url(LinkClaims(subject_id="s-1", purpose="ai-training", language="de"))
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    handler = next(h for h in logging.getLogger().handlers if h.filters)
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        client.get(urlsplit(url).path)
+    finally:
+        handler.setStream(previous)
+
+    access = [json.loads(line) for line in stream.getvalue().splitlines() if '"demur.access"' in line]
+    assert access and access[-1]["message"].startswith("GET /de/optout/t/[redacted]")
+    assert token not in stream.getvalue()
