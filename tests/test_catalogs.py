@@ -17,8 +17,8 @@ from django.conf import settings
 from scripts import i18n
 
 ROOT = Path(__file__).resolve().parent.parent
-# optout/locale (the opt-out pages' catalogs, issue 4) joins this list once complete.
-CHECKED_ROOTS = ["locale"]
+# Every catalog root: the notices and staff strings, and the opt-out pages.
+CHECKED_ROOTS = ["locale", "optout/locale"]
 
 
 @pytest.fixture
