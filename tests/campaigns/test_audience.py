@@ -96,3 +96,25 @@ def test_it_erases_the_email_only_after_the_retention_period(settings):
     assert emails == {"old": "", "recent": "new@example.com", "never": "never@example.com"}
     assert Recipient.objects.get(subject_id="old").email_erased_at == now
     assert recipients_erase_expired(now=now) == 0
+
+
+def test_it_imports_unusual_but_valid_lines_and_names_a_lone_duplicate(tmp_path):
+    unusual = _csv(
+        tmp_path,
+        "subject_id,email,language,country\n"
+        '"  üser-1 ",Ana.Maria@Example.COM,DE,de\n'
+        '"id,with,commas",x@example.com,el,GR\n',
+    )
+    report = audience_import(unusual)
+    assert report.ok and report.created == 2
+    assert dict(Recipient.objects.values_list("subject_id", "country")) == {"üser-1": "DE", "id,with,commas": "GR"}
+    assert Recipient.objects.get(subject_id="üser-1").language == "de"
+
+    duplicate = _csv(
+        tmp_path,
+        "subject_id,email,language,country\nu1,a@example.com,de,DE\nu2,b@example.com,de,DE\nu1,c@example.com,de,DE\n",
+        "duplicate.csv",
+    )
+    report = audience_import(duplicate)
+    assert report.errors == ["line 4: subject_id 'u1' is also on line 2."]
+    assert Recipient.objects.count() == 2
