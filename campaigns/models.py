@@ -225,6 +225,11 @@ class Delivery(models.Model):
     shown_at = models.DateTimeField(_("shown at"), null=True, blank=True)
     clicked_at = models.DateTimeField(_("clicked at"), null=True, blank=True)
     dismissed_at = models.DateTimeField(_("dismissed at"), null=True, blank=True)
+    # Mail: what the provider's tracking webhooks reported (campaigns.tracking), first time each.
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    opened_at = models.DateTimeField(_("opened at"), null=True, blank=True)
+    bounced_at = models.DateTimeField(_("bounced at"), null=True, blank=True)
+    complained_at = models.DateTimeField(_("complained at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("delivery")
@@ -257,3 +262,27 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id}/{self.subject_id}/{self.channel}: {self.status}"
+
+
+class TrackingEvent(models.Model):
+    """A mail provider's tracking event, kept once per (provider, event id): a replayed
+    webhook finds its event here and changes nothing."""
+
+    esp = models.CharField(_("mail provider"), max_length=32)
+    event_id = models.CharField(_("event id"), max_length=200)
+    event_type = models.CharField(_("event"), max_length=32)
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("delivery")
+    )
+    occurred_at = models.DateTimeField(_("occurred at"))
+    received_at = models.DateTimeField(_("received at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("tracking event")
+        verbose_name_plural = _("tracking events")
+        constraints = [
+            models.UniqueConstraint(fields=["esp", "event_id"], name="campaigns_tracking_event_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.esp} {self.event_type} {self.event_id}"

@@ -14,6 +14,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("optout.api_urls")),
+    # Mail providers' tracking webhooks, e.g. /anymail/mailgun/tracking/ (campaigns.tracking).
+    path("anymail/", include("anymail.urls")),
     # A notice link with its language prefix cut off: reopen it in the token's language.
     path("optout/t/<str:token>/", optout_views.link_without_language),
 ]
