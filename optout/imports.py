@@ -301,8 +301,8 @@ WITH candidates AS (
     ORDER BY subject_id, purpose_id, received_at, line
 ), eligible AS (
     SELECT c.*, s.id AS state_id, coalesce(nullif(s.head_hash, ''), %(genesis)s) AS prev_hash,
-           demur_uuid7() AS uuid, nextval('optout_objectionevent_id_seq') AS id,
-           floor(random() * 16777216)::integer AS receipt_code
+           nextval('optout_objectionevent_id_seq') AS id, row_number() OVER () AS rn,
+           gen_random_uuid() AS random_uuid, floor(random() * 16777216)::integer AS receipt_code
     FROM candidates c
     LEFT JOIN optout_objectionstate s ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
     WHERE (s.id IS NULL OR (NOT s.objected AND (s.received_at IS NULL OR s.received_at < c.received_at)))
@@ -322,7 +322,10 @@ WITH candidates AS (
                n.prev_hash, n.uuid, n.subject_id, p.slug, 'objected', n.source, n.received_at,
                n.received_at, %(now)s, n.receipt_code, n.email, '', NULL, NULL, '', NULL
            )
-    FROM eligible n JOIN optout_purpose p ON p.id = n.purpose_id
+    FROM (
+        SELECT e.*, demur_uuid7_at(%(ms)s + e.rn / 4096, (e.rn %% 4096)::integer, e.random_uuid) AS uuid
+        FROM eligible e
+    ) n JOIN optout_purpose p ON p.id = n.purpose_id
     RETURNING id, uuid, subject_id, purpose_id, source, received_at, effective_at,
               demur_receipt(id, receipt_code) AS receipt, hash
 ), updated AS (
@@ -330,7 +333,7 @@ WITH candidates AS (
         objected = true, source = i.source, received_at = i.received_at,
         effective_at = i.effective_at, receipt = i.receipt, last_event_id = i.id,
         head_hash = i.hash, updated_at = %(now)s
-    FROM inserted i JOIN eligible n ON n.uuid = i.uuid
+    FROM inserted i JOIN eligible n ON n.id = i.id
     WHERE n.state_id IS NOT NULL AND s.id = n.state_id
     RETURNING 1
 ), created AS (
@@ -340,7 +343,7 @@ WITH candidates AS (
     )
     SELECT i.subject_id, i.purpose_id, true, i.source, i.received_at, i.effective_at,
            i.receipt, i.id, i.hash, %(now)s
-    FROM inserted i JOIN eligible n ON n.uuid = i.uuid
+    FROM inserted i JOIN eligible n ON n.id = i.id
     WHERE n.state_id IS NULL
     ON CONFLICT (subject_id, purpose_id) DO NOTHING
     RETURNING 1
@@ -376,7 +379,7 @@ def _load_postgres(rows: Iterator[_Row], report: ImportReport, now: datetime) ->
             FOR UPDATE
             """
         )
-        pg.execute(_IMPORT_SQL, {"genesis": GENESIS_HASH, "now": now})
+        pg.execute(_IMPORT_SQL, {"genesis": GENESIS_HASH, "now": now, "ms": int(now.timestamp() * 1000)})
         candidates, inserted, states = pg.fetchone()
         pg.execute("DROP TABLE pg_temp.import_staging")
         if states != inserted:

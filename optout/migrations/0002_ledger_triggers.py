@@ -53,27 +53,33 @@ CREATE FUNCTION demur_event_hash(
         'UTF8')), 'hex')
 $$;
 
--- A time-ordered UUID like optout.ledger.new_event_uuid(): version 7, Unix milliseconds
--- in the first 48 bits, the rest random.
-CREATE FUNCTION demur_uuid7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
-    SELECT encode(
-        set_byte(
-            overlay(uuid_send(gen_random_uuid())
-                    placing substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-                    FROM 1 FOR 6),
-            6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
-        'hex')::uuid
+-- A time-ordered UUID (version 7, RFC 9562) for bulk imports: Unix milliseconds, a 12-bit
+-- counter (so one import's ids rise strictly), and the random bits of a v4 UUID, variant
+-- included. One inlinable expression: the importing INSERT evaluates it in place.
+CREATE FUNCTION demur_uuid7_at(ms bigint, counter integer, random_uuid uuid) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (lpad(to_hex(ms), 12, '0') || '7' || lpad(to_hex(counter), 3, '0')
+            || substr(replace(random_uuid::text, '-', ''), 17, 16))::uuid
 $$;
 
 -- The receipt number of an event, as optout.ledger.format_receipt: the id and a 24-bit
--- code as 12 Crockford base32 characters, grouped by four.
+-- code as 12 Crockford base32 characters, grouped by four. One inlinable expression.
 CREATE FUNCTION demur_receipt(id bigint, code integer) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT string_agg(
-               substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> (55 - 5 * i)) & 31)::integer + 1, 1)
-               || CASE WHEN i IN (3, 7) THEN '-' ELSE '' END,
-               '' ORDER BY i)
-    FROM generate_series(0, 11) AS i
+    SELECT substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 55) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 50) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 45) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 40) & 31)::integer + 1, 1)
+        || '-'
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 35) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 30) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 25) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 20) & 31)::integer + 1, 1)
+        || '-'
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 15) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 10) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 5) & 31)::integer + 1, 1)
+        || substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', (((id << 24 | code) >> 0) & 31)::integer + 1, 1)
 $$;
 
 CREATE TRIGGER demur_ledger_no_update_delete
@@ -95,7 +101,7 @@ DROP TRIGGER demur_ledger_no_truncate ON optout_objectionevent;
 DROP TRIGGER demur_ledger_no_update_delete ON optout_objectionevent;
 DROP FUNCTION demur_ledger_stamp_xid();
 DROP FUNCTION demur_receipt(bigint, integer);
-DROP FUNCTION demur_uuid7();
+DROP FUNCTION demur_uuid7_at(bigint, integer, uuid);
 DROP FUNCTION demur_event_hash(text, uuid, text, text, text, text, timestamptz, timestamptz,
     timestamptz, integer, text, text, bigint, bigint, text, text);
 

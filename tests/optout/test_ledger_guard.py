@@ -176,7 +176,11 @@ def test_sql_uuid7s_are_version_7_and_ordered():
     import uuid
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT demur_uuid7() FROM generate_series(1, 50)")
+        cursor.execute(
+            "SELECT demur_uuid7_at(1764374400000 + n / 4096, n % 4096, gen_random_uuid()) "
+            "FROM generate_series(4090, 4140) AS n ORDER BY n"
+        )
         made = [uuid.UUID(str(row[0])) for row in cursor.fetchall()]
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
-    assert [u.int >> 80 for u in made] == sorted(u.int >> 80 for u in made)
+    assert [u.int for u in made] == sorted(u.int for u in made)  # strictly rising, across a millisecond
+    assert made[0].int >> 80 == 1764374400000
