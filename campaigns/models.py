@@ -139,6 +139,9 @@ class Suppression(models.Model):
             models.Index(fields=["email"], name="campaigns_suppr_email"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.subject_id or self.email}: {self.reason}"
+
 
 class Recipient(models.Model):
     """One person of the audience (DESIGN data flow 1). The email is erased once the

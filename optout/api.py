@@ -28,6 +28,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.decorators import method_decorator
 from django.utils.http import parse_etags
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -125,6 +126,7 @@ def exception_handler(exc, context):
     return Response(body, status=exc.status_code, headers=headers)
 
 
+@csrf_exempt  # no session, no form: a POST to a wrong path must get this JSON 404 too
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
     """Unknown paths under /api/ answer in the API's error shape, not an HTML page."""
     return JsonResponse(error_body("not_found", str(_("There is no such API endpoint."))), status=404)

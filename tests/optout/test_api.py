@@ -392,3 +392,13 @@ def test_the_check_answers_ids_that_need_escaping_exactly(client, read_key):
     )
 
     assert [(r["subject_id"], r["objected"]) for r in body["results"]] == [(awkward, True), ("ok", False)]
+
+
+@pytest.mark.django_db
+def test_a_post_to_an_unknown_api_path_gets_the_json_404(client):
+    csrf_client = type(client)(enforce_csrf_checks=True)
+
+    response = csrf_client.post("/api/v1/no-such-thing", data="{}", content_type="application/json")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
