@@ -16,7 +16,7 @@ import csv
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
@@ -29,9 +29,9 @@ from django.utils.translation import gettext as _
 
 from campaigns.models import Recipient
 from optout.countries import EU_EEA
+from optout.imports import LineErrors
 
 COLUMNS = ("subject_id", "email", "language", "country")
-MAX_ERRORS_KEPT = 10_000
 _COUNTRIES = frozenset(EU_EEA)
 # A cheap pre-check that accepts the common address shape; anything else still goes
 # through Django's validator, which is exact but ten times slower.
@@ -39,23 +39,11 @@ _SIMPLE_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.
 
 
 @dataclass
-class AudienceReport:
+class AudienceReport(LineErrors):
     rows: int = 0
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-    errors: list[str] = field(default_factory=list)
-    error_count: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.error_count == 0
-
-    def add_error(self, line: int | None, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_ERRORS_KEPT:
-            prefix = _("line {line}: ").format(line=line) if line else ""
-            self.errors.append(prefix + message)
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,10 @@ _SOURCES = frozenset(Source.values)
 
 
 @dataclass
-class ImportReport:
-    rows: int = 0
-    imported: int = 0
-    already_recorded: int = 0
-    duplicates_in_file: int = 0
+class LineErrors:
+    """The problems found in an input file, each named by its line; shared by every
+    all-or-nothing import (objections here, the audience in campaigns.audience)."""
+
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
 
@@ -52,6 +51,14 @@ class ImportReport:
         if len(self.errors) < MAX_ERRORS_KEPT:
             prefix = _("line {line}: ").format(line=line) if line else ""
             self.errors.append(prefix + message)
+
+
+@dataclass
+class ImportReport(LineErrors):
+    rows: int = 0
+    imported: int = 0
+    already_recorded: int = 0
+    duplicates_in_file: int = 0
 
 
 @dataclass(frozen=True)
