@@ -54,3 +54,17 @@ def test_a_missing_or_malformed_variable_stops_start_up_and_is_named(tmp_path, o
 
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_manage_py_in_a_developer_shell_runs_on_local_defaults(tmp_path):
+    result = manage("check", env={"DEMUR_VAR_DIR": str(tmp_path)})
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_manage_py_with_debug_off_still_demands_a_secret_key(tmp_path):
+    result = manage("check", env={"DEMUR_VAR_DIR": str(tmp_path), "DEBUG": "false"})
+
+    assert result.returncode != 0
+    assert "The environment variable SECRET_KEY must be set." in result.stderr
