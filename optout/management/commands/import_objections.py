@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import os
-import sys
-
-from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
+from django.core.management.base import BaseCommand
 
 from optout.imports import objections_import
+from optout.management.file_import import run_file_import
 
 
 class Command(BaseCommand):
@@ -20,20 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("path")
 
     def handle(self, *args, path: str, **options):
-        if not os.path.isfile(path):
-            raise CommandError(f"No such file: {path}")
-        show_bar = sys.stderr.isatty() and options["verbosity"] > 0
-        size = os.path.getsize(path)
-        with tqdm(total=size, unit="B", unit_scale=True, desc="importing", disable=not show_bar) as bar:
-            report = objections_import(path, progress=bar.update)
-        if not report.ok:
-            for message in report.errors:
-                self.stderr.write(message)
-            if report.error_count > len(report.errors):
-                self.stderr.write(f"... and {report.error_count - len(report.errors)} more")
-            raise CommandError(
-                f"{report.error_count} problem(s) found; nothing was imported."
-            )
+        report = run_file_import(self, path, objections_import, verbosity=options["verbosity"])
         self.stdout.write(
             f"{report.rows} rows read: {report.imported} objections imported, "
             f"{report.already_recorded} already recorded, {report.duplicates_in_file} duplicates in the file."
