@@ -263,3 +263,6 @@ class NoticeVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+# The audience admin lives in its own module (recipients and their CSV upload).
+from campaigns import admin_audience  # noqa: E402,F401

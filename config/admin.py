@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.db import DatabaseError
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils.translation import gettext_lazy as _
 from django_ratelimit.core import is_ratelimited
 
@@ -25,6 +26,15 @@ class DemurAdminSite(admin.AdminSite):
             context = {**self.each_context(request), "title": _("Too many login attempts")}
             return TemplateResponse(request, "admin/login_limited.html", context, status=429)
         return super().login(request, extra_context)
+
+    def get_urls(self):
+        # Dashboards and the regulator's report (campaigns/admin_dashboard.py), staff only.
+        from campaigns.admin_dashboard import urlpatterns as dashboard_urls
+
+        wrapped = [
+            path(str(p.pattern), self.admin_view(p.callback), name=p.name) for p in dashboard_urls
+        ]
+        return wrapped + super().get_urls()
 
     def index(self, request, extra_context=None):
         try:
