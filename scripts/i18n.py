@@ -4,6 +4,7 @@
     .venv/bin/python scripts/i18n.py extract [--root locale]   # sources -> every django.po
     .venv/bin/python scripts/i18n.py compile [--root locale]   # django.po -> django.mo
     .venv/bin/python scripts/i18n.py check   [--root locale]   # fails on any gap (exit 1)
+    .venv/bin/python scripts/i18n.py fill FILE.json ...        # translations from JSON -> django.po
 
 Each catalog root has its own sources (ROOTS below). `extract` reads the Python code
 (gettext, gettext_lazy, pgettext, ngettext ...), the Jinja2 templates (jinja2's Babel
@@ -21,6 +22,7 @@ import argparse
 import copy
 import gettext
 import io
+import json
 import os
 import re
 import sys
@@ -253,7 +255,7 @@ def check_root(base: Path, root: Root) -> list[str]:
             for m in catalog
             if m.id
         }
-        for context, msgid in sorted(wanted - have, key=str):
+        for _context, msgid in sorted(wanted - have, key=str):
             problems.append(f"{where}: not in the catalog (run extract): {msgid!r}")
         nplurals = catalog.num_plurals
         for message in catalog:
@@ -293,11 +295,54 @@ def check_root(base: Path, root: Root) -> list[str]:
     return problems
 
 
+def fill(base: Path, files: list[Path]) -> list[str]:
+    """Write translations handed over as JSON into the catalogs (run extract first).
+
+    Each file is a list of {"root", "msgid", "msgctxt"?, "msgid_plural"?, "msgstr":
+    {language: text, or a list of plural forms}}. Returns one line per entry that the
+    catalogs do not hold (a message no longer in the sources, or a misspelt msgid).
+    """
+    entries = []
+    for file in files:
+        entries.extend(json.loads(file.read_text(encoding="utf-8")))
+    unknown: list[str] = []
+    by_root: dict[str, list[dict]] = {}
+    for entry in entries:
+        if entry["root"] not in ROOTS:
+            unknown.append(f"unknown root {entry['root']!r} for {entry['msgid']!r}")
+            continue
+        by_root.setdefault(entry["root"], []).append(entry)
+    for name, root_entries in by_root.items():
+        for language in LANGUAGES:
+            path = _catalog_file(base, ROOTS[name], language)
+            catalog = _read(path)
+            for entry in root_entries:
+                key = (entry["msgid"], entry["msgid_plural"]) if entry.get("msgid_plural") else entry["msgid"]
+                message = catalog.get(key if isinstance(key, str) else key[0], context=entry.get("msgctxt"))
+                if message is None:
+                    if language == SOURCE_LANGUAGE:
+                        unknown.append(f"{name}: not in the catalog (run extract?): {entry['msgid']!r}")
+                    continue
+                if language == SOURCE_LANGUAGE:
+                    translated = entry["msgstr"].get(language) or (
+                        list(key) if entry.get("msgid_plural") else entry["msgid"]
+                    )
+                else:
+                    translated = entry["msgstr"].get(language)
+                if translated:
+                    message.string = tuple(translated) if isinstance(translated, list) else translated
+                    message.flags.discard("fuzzy")
+            with path.open("wb") as handle:
+                write_po(handle, catalog, width=100, ignore_obsolete=True, omit_header=False, sort_output=False)
+    return unknown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["extract", "compile", "check"])
+    parser.add_argument("command", choices=["extract", "compile", "check", "fill"])
+    parser.add_argument("files", nargs="*", type=Path, help="fill: JSON files of translations")
     parser.add_argument(
         "--root",
         action="append",
@@ -307,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=BASE_DIR, help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "fill":
+        unknown = fill(args.base, args.files)
+        for line in unknown:
+            print(line)
+        return 1 if unknown else 0
     roots = [ROOTS[name] for name in (args.root or ROOTS)]
     status = 0
     for root in roots:

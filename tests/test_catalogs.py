@@ -5,6 +5,7 @@ fuzzy, or a catalog does not parse."""
 from __future__ import annotations
 
 import gettext
+import json
 import shutil
 import subprocess
 import sys
@@ -194,3 +195,28 @@ def test_it_compiles_catalogs_that_gettext_reads_and_the_command_exits_nonzero_o
         "locale/fi/LC_MESSAGES/django.po" in failed.stdout
         and "'What we will use' is untranslated" in failed.stdout
     )
+
+
+def test_it_fills_translations_handed_over_as_json_and_names_unknown_messages(copy):
+    body = copy / "templates" / "notices" / "ai-training" / "body.html"
+    body.write_text(body.read_text() + '{{ _("A sentence for the fill test") }}\n')
+    i18n.extract(copy, i18n.ROOTS["locale"])
+    assert any("A sentence for the fill test" in p for p in i18n.check_root(copy, i18n.ROOTS["locale"]))
+    handed_over = copy / "handed-over.json"
+    translations = {language: f"[{language}] the sentence" for language in i18n.LANGUAGES if language != "en"}
+    handed_over.write_text(
+        json.dumps(
+            [
+                {"root": "locale", "msgid": "A sentence for the fill test", "msgstr": translations},
+                {"root": "locale", "msgid": "A sentence in no source", "msgstr": translations},
+            ]
+        )
+    )
+
+    unknown = i18n.fill(copy, [handed_over])
+
+    assert unknown == ["locale: not in the catalog (run extract?): 'A sentence in no source'"]
+    assert not any("A sentence for the fill test" in p for p in i18n.check_root(copy, i18n.ROOTS["locale"]))
+    i18n.compile_root(copy, i18n.ROOTS["locale"])
+    greek = gettext.translation("django", str(copy / "locale"), ["el"])
+    assert greek.gettext("A sentence for the fill test") == "[el] the sentence"
