@@ -44,6 +44,7 @@ from django.utils.translation import gettext
 from campaigns.models import Campaign, Delivery, NoticeVersion, Recipient, Suppression
 from campaigns.notices import notice_email
 from campaigns.ratelimit import tokens_take
+from config.metrics import deliveries_counted
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ class _Recorder:
             cursor.execute(_STEP_SQL, params)
             changed = cursor.rowcount
         expected = (1 if self.pending_outcome else 0) + (1 if next_id is not None else 0)
+        if self.pending_outcome and changed == expected:
+            deliveries_counted(channel=Delivery.Channel.MAIL, status=params["status"])
         self.pending_outcome = None
         return changed == expected
 
@@ -446,6 +449,7 @@ def deliveries_settle(*, now: dt.datetime | None = None, timeout: float | None =
             returned += Delivery.objects.filter(claim=claim, status=S.CLAIMED).update(
                 status=S.PENDING, claim=None, claimed_at=None, attempts=F("attempts") - 1
             )
+    deliveries_counted(channel=Delivery.Channel.MAIL, status=S.UNKNOWN, count=unknown)
     if unknown:
         logger.warning("settled %s dead claims: %s deliveries back to pending, %s unknown", len(claims), returned, unknown)
     return returned, unknown

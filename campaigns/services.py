@@ -19,6 +19,7 @@ from campaigns.models import (
     Suppression,
 )
 from campaigns.notices import notice_build, notice_email
+from config.metrics import deliveries_counted
 from optout.models import ObjectionState
 
 
@@ -291,5 +292,6 @@ def inapp_event_record(*, delivery_id: int, event: str, now: dt.datetime | None 
     with transaction.atomic():
         deliveries.filter(**{f"{event}_at__isnull": True}).update(**{f"{event}_at": now})
         deliveries.filter(shown_at__isnull=True).update(shown_at=now)
-        deliveries.filter(status=Delivery.Status.PENDING).update(status=Delivery.Status.SENT, sent_at=now)
+        shown = deliveries.filter(status=Delivery.Status.PENDING).update(status=Delivery.Status.SENT, sent_at=now)
+    deliveries_counted(channel=Delivery.Channel.INAPP, status=Delivery.Status.SENT, count=shown)
     return deliveries.first()

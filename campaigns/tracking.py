@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Delivery, Suppression, TrackingEvent
+from config.metrics import WEBHOOK_EVENTS
 
 DELIVERY_FIELDS = {
     "delivered": "delivered_at",
@@ -63,6 +64,7 @@ def tracking_event_record(
 
 def on_tracking(sender, event, esp_name: str, **kwargs) -> None:
     """anymail's `tracking` signal receiver (connected in CampaignsConfig.ready)."""
+    WEBHOOK_EVENTS.labels(esp_name, event.event_type or "unknown").inc()
     metadata = event.metadata or {}
     tracking_event_record(
         esp=esp_name,

@@ -4,11 +4,12 @@ import os
 
 from celery import Celery
 
-from config.logs import connect_celery
+from config import logs, metrics
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("demur")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-connect_celery(app)
+logs.connect_celery(app)
+metrics.connect_celery(app)
