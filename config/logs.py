@@ -61,8 +61,19 @@ class ContextFilter(logging.Filter):
 
 
 def connect_celery(app) -> None:
-    """Carry the request id in task headers and restore it in the worker."""
-    from celery.signals import before_task_publish, task_postrun, task_prerun
+    """Carry the request id in task headers and restore it in the worker, whose log
+    lines are the same JSON as the web's."""
+    from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun
+
+    @setup_logging.connect(weak=False)
+    def _django_logging(**kwargs):
+        # With a receiver here Celery leaves the root logger alone instead of putting its
+        # own plain-text handler there; LOG_LEVEL, not the worker's -l, sets the level.
+        from logging.config import dictConfig
+
+        from django.conf import settings
+
+        dictConfig(settings.LOGGING)
 
     @before_task_publish.connect(weak=False)
     def _stamp(headers=None, **kwargs):

@@ -9,6 +9,7 @@ changed), so two workers, or a task and the sweep, never send the same mail twic
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from datetime import timedelta
@@ -73,7 +74,9 @@ def outbox_enqueue(*, message_id: int) -> None:
     if outbox_send_task.app.conf.task_always_eager:
         _publish(message_id)
     else:
-        threading.Thread(target=_publish, args=(message_id,), name="outbox-enqueue", daemon=True).start()
+        # In a copy of this context, so that the task carries the request's id (config.logs).
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(_publish, message_id), name="outbox-enqueue", daemon=True).start()
 
 
 def _publish(message_id: int) -> None:
