@@ -1,6 +1,141 @@
 """The audience (recipients) in the admin: list, search and CSV upload.
 
-Imported by campaigns/admin.py so that admin autodiscovery registers it.
+Imported by campaigns/admin.py so that admin autodiscovery registers it. Recipients are
+read-only here: they come from the CSV import (this upload or `manage.py import_audience`)
+and the audience API, all through the validation in campaigns.audience.
 """
 
 from __future__ import annotations
+
+import tempfile
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from campaigns.audience import audience_import
+from campaigns.models import Recipient
+from optout.admin import ReadOnlyAdmin
+from optout.countries import EU_EEA
+from optout.models import AuditEntry
+from optout.services import audit_record
+
+UPLOAD_PERMISSION = "campaigns.add_recipient"
+PROBLEMS_SHOWN = 200
+
+
+class AudienceUploadForm(forms.Form):
+    file = forms.FileField(
+        label=gettext_lazy("CSV file"),
+        help_text=gettext_lazy(
+            "UTF-8, with the columns subject_id, email, language and country. Recipients already "
+            "in the audience are updated. Nothing is imported unless every line is valid. Files "
+            "of more than a few hundred thousand lines are better imported with "
+            "manage.py import_audience."
+        ),
+    )
+
+
+class _ChoiceFilter(admin.SimpleListFilter):
+    """A filter over a fixed list of codes: Django's own would run SELECT DISTINCT over the
+    whole audience on every page load."""
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(**{self.parameter_name: value}) if value else queryset
+
+
+class LanguageFilter(_ChoiceFilter):
+    title = gettext_lazy("language")
+    parameter_name = "language"
+
+    def lookups(self, request, model_admin):
+        return [(code, name) for code, name in settings.LANGUAGES]
+
+
+class CountryFilter(_ChoiceFilter):
+    title = gettext_lazy("country")
+    parameter_name = "country"
+
+    def lookups(self, request, model_admin):
+        return [(code, code) for code in EU_EEA]
+
+
+@admin.register(Recipient)
+class RecipientAdmin(ReadOnlyAdmin):
+    list_display = [
+        "subject_id",
+        "email",
+        "language",
+        "country",
+        "updated_at",
+        "last_campaign_ended_at",
+        "email_erased_at",
+    ]
+    list_filter = [LanguageFilter, CountryFilter, ("email_erased_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=subject_id", "=email"]
+    search_help_text = gettext_lazy("Exact subject id or email address.")
+    show_full_result_count = False  # count(*) over millions of recipients on every page load
+    ordering = ["-id"]
+    change_list_template = "campaigns/audience/change_list.html"
+
+    def get_urls(self):
+        upload = self.admin_site.admin_view(lambda request: audience_upload_view(self, request))
+        return [path("upload/", upload, name="campaigns_recipient_upload"), *super().get_urls()]
+
+
+def audience_upload_view(model_admin: RecipientAdmin, request):
+    """Upload a CSV of recipients: every bad line listed and nothing kept, or everything
+    imported with a line in the audit log written in the same transaction."""
+    if not request.user.has_perm(UPLOAD_PERMISSION):
+        raise PermissionDenied
+    form = AudienceUploadForm(request.POST or None, request.FILES or None)
+    problems: list[str] = []
+    more = 0
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        with tempfile.NamedTemporaryFile(suffix=".csv") as handle:
+            for chunk in upload.chunks():
+                handle.write(chunk)
+            handle.flush()
+            with transaction.atomic():
+                report = audience_import(handle.name)
+                if report.ok:
+                    audit_record(
+                        user=request.user,
+                        action=AuditEntry.Action.AUDIENCE_IMPORT,
+                        target=upload.name,
+                        details={
+                            "rows": report.rows,
+                            "created": report.created,
+                            "updated": report.updated,
+                            "unchanged": report.unchanged,
+                        },
+                    )
+        if report.ok:
+            messages.success(
+                request,
+                _("{rows} rows read: {created} recipients added, {updated} updated, {unchanged} unchanged.").format(
+                    rows=report.rows, created=report.created, updated=report.updated, unchanged=report.unchanged
+                ),
+            )
+            return HttpResponseRedirect(reverse("admin:campaigns_recipient_changelist"))
+        problems = report.errors[:PROBLEMS_SHOWN]
+        more = report.error_count - len(problems)
+        form.add_error(None, _("Nothing was imported: the file has problems, listed below."))
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.model._meta,
+        "title": _("Upload recipients"),
+        "form": form,
+        "problems": problems,
+        "more_problems": more,
+    }
+    return TemplateResponse(request, "campaigns/audience/upload.html", context, status=400 if form.errors else 200)

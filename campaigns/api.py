@@ -1,17 +1,21 @@
-"""The in-app channel of the API (v1): the platform fetches a subject's pending notices,
-rendered in their language, and reports what the person did with them. Auth, errors and
-throttling are the objection API's (optout.api)."""
+"""The platform's side of the API (v1): the in-app channel (a subject's pending notices,
+rendered in their language, and what the person did with them) and the audience sync.
+Auth, errors and throttling are the objection API's (optout.api)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import JsonResponse
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers
 
+from campaigns.audience import COLUMNS as AUDIENCE_COLUMNS
+from campaigns.audience import AudienceReport, audience_items_clean, audience_load
 from campaigns.selectors import inapp_notices
 from campaigns.services import INAPP_EVENTS, inapp_event_record
-from optout.api import _ERROR, COMMON_ERRORS, SUBJECT_ID_MAX, ApiView, BadRequest, _ts
+from optout.api import _ERROR, COMMON_ERRORS, SUBJECT_ID_MAX, ApiView, BadRequest, PayloadTooLarge, _ts
+from optout.countries import EU_EEA
 from optout.models import ApiScope
 
 _NOTICE_FIELDS = {
@@ -111,5 +115,102 @@ class NoticeEventView(ApiView):
                 "shown_at": _ts(delivery.shown_at),
                 "clicked_at": _ts(delivery.clicked_at),
                 "dismissed_at": _ts(delivery.dismissed_at),
+            }
+        )
+
+
+# --- The audience --------------------------------------------------------------------------
+
+AUDIENCE_MAX_ITEMS = 10_000
+# Ten thousand recipients with the longest subject ids and addresses, JSON-escaped.
+AUDIENCE_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+_RECIPIENT_SCHEMA = {
+    "type": "object",
+    "required": list(AUDIENCE_COLUMNS),
+    "properties": {
+        "subject_id": {"type": "string", "minLength": 1, "maxLength": SUBJECT_ID_MAX},
+        "email": {"type": "string", "format": "email", "maxLength": 254},
+        "language": {"type": "string", "enum": [code for code, _name in settings.LANGUAGES]},
+        "country": {"type": "string", "enum": sorted(EU_EEA)},
+    },
+}
+
+
+@extend_schema_field({"type": "array", "minItems": 1, "maxItems": AUDIENCE_MAX_ITEMS, "items": _RECIPIENT_SCHEMA})
+class RecipientListField(serializers.Field):
+    """Up to AUDIENCE_MAX_ITEMS recipients, checked in one loop by the rules the CSV
+    import uses (campaigns.audience); a nested serializer per item would cost more than
+    the upsert. Errors name each bad item by index and field."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, list):
+            raise serializers.ValidationError(_("Expected a list of recipients."))
+        if not data:
+            raise serializers.ValidationError(_("Send at least one recipient."))
+        if len(data) > AUDIENCE_MAX_ITEMS:
+            raise PayloadTooLarge(
+                _("At most {limit} recipients per request; this one has {count}.").format(
+                    limit=AUDIENCE_MAX_ITEMS, count=len(data)
+                )
+            )
+        rows, errors = audience_items_clean(data)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return rows
+
+    def to_representation(self, value):
+        return value
+
+
+class AudienceInputSerializer(serializers.Serializer):
+    recipients = RecipientListField(
+        help_text=_("Each person's account id, email, language and EU/EEA country (ISO 3166 code).")
+    )
+
+
+class AudienceView(ApiView):
+    required_scope = ApiScope.AUDIENCE_WRITE
+
+    @extend_schema(
+        operation_id="audience_upsert",
+        summary=str(_("Add or update up to 10,000 recipients")),
+        description=str(
+            _(
+                "All or nothing: the whole body is checked first, and if any recipient is not "
+                "valid nothing is kept and the answer names each bad item by its index and "
+                "field. A subject already in the audience is updated; sending the same "
+                "recipients again changes nothing."
+            )
+        ),
+        request=AudienceInputSerializer,
+        responses={
+            200: inline_serializer(
+                "AudienceResult",
+                {
+                    "received": serializers.IntegerField(),
+                    "created": serializers.IntegerField(),
+                    "updated": serializers.IntegerField(),
+                    "unchanged": serializers.IntegerField(),
+                },
+            ),
+            413: _ERROR,
+            415: _ERROR,
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > AUDIENCE_MAX_BODY_BYTES:
+            raise PayloadTooLarge(_("The body may have at most {limit} bytes.").format(limit=AUDIENCE_MAX_BODY_BYTES))
+        data = AudienceInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        report = audience_load(data.validated_data["recipients"], AudienceReport())
+        return JsonResponse(
+            {
+                "received": report.rows,
+                "created": report.created,
+                "updated": report.updated,
+                "unchanged": report.unchanged,
             }
         )

@@ -63,25 +63,75 @@ def _languages() -> frozenset[str]:
     return frozenset(code for code, _name in settings.LANGUAGES)
 
 
-def audience_row_problems(subject_id: str, email: str, language: str, country: str, languages: frozenset[str]) -> list[str]:
-    """What is wrong with one recipient (empty when nothing is); shared with the API."""
-    problems = []
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def audience_fields_clean(
+    subject_id: str, email: str, language: str, country: str, languages: frozenset[str]
+) -> tuple[tuple[str, str, str, str], dict[str, str]]:
+    """One recipient's fields normalised (trimmed, language lower case, country upper case)
+    and what is wrong with them, field by field (empty when nothing is). The one set of
+    rules for the CSV command, the admin upload and the audience API."""
+    subject_id, email = subject_id.strip(), email.strip()
+    language, country = language.strip().lower(), country.strip().upper()
+    problems: dict[str, str] = {}
     if not subject_id:
-        problems.append(_("subject_id is empty"))
-    elif len(subject_id) > 128 or not subject_id.isprintable():
-        problems.append(_("subject_id must be at most 128 printable characters"))
+        problems["subject_id"] = _("subject_id is empty")
+    elif len(subject_id) > 128 or not subject_id.isprintable():  # lone surrogates are not printable
+        problems["subject_id"] = _("subject_id must be at most 128 printable characters")
     if not email:
-        problems.append(_("email is empty"))
+        problems["email"] = _("email is empty")
+    elif not _is_utf8(email):  # Django's validator passes a lone surrogate in the domain
+        problems["email"] = _("{field} is not valid UTF-8 text").format(field="email")
     elif len(email) > 254 or not _SIMPLE_EMAIL.fullmatch(email):
         try:
             validate_email(email)
         except ValidationError:
-            problems.append(_("email {email!r} is not a valid address").format(email=email))
+            problems["email"] = _("email {email!r} is not a valid address").format(email=email)
     if language not in languages:
-        problems.append(_("unknown language {language!r}").format(language=language))
+        problems["language"] = _("unknown language {language!r}").format(language=language)
     if country not in _COUNTRIES:
-        problems.append(_("country {country!r} is not an EU or EEA country code").format(country=country))
-    return problems
+        problems["country"] = _("country {country!r} is not an EU or EEA country code").format(country=country)
+    return (subject_id, email, language, country), problems
+
+
+def audience_items_clean(items: list) -> tuple[list[AudienceRow], dict[str, dict[str, list[str]]]]:
+    """The audience API's recipients (a decoded JSON list) checked with the same rules as a
+    file: the rows when all are good, else the problems by item index and field. A subject
+    given twice is a problem, as in a file; `AudienceRow.line` holds the item's index."""
+    languages = _languages()
+    rows: list[AudienceRow] = []
+    errors: dict[str, dict[str, list[str]]] = {}
+    first_index: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            message = _("Expected an object with the fields {fields}.").format(fields=", ".join(COLUMNS))
+            errors[str(index)] = {"non_field_errors": [message]}
+            continue
+        problems: dict[str, str] = {}
+        for name in COLUMNS:
+            if name not in item:
+                problems[name] = _("This field is required.")
+            elif type(item[name]) is not str:
+                problems[name] = _("Not a valid string.")
+        if not problems:
+            values, problems = audience_fields_clean(*(item[name] for name in COLUMNS), languages)
+            if not problems:
+                other = first_index.setdefault(values[0], index)
+                if other != index:
+                    problems["subject_id"] = _("subject_id {subject_id!r} is also item {other}.").format(
+                        subject_id=values[0], other=other
+                    )
+                else:
+                    rows.append(AudienceRow(index, *values))
+        if problems:
+            errors[str(index)] = {name: [message] for name, message in problems.items()}
+    return rows, errors
 
 
 def audience_import(path: str, *, progress: Callable[[int], None] | None = None) -> AudienceReport:
@@ -244,22 +294,17 @@ def _parse_text(text: io.TextIOBase, report: AudienceReport) -> Iterator[Audienc
         if not values:
             continue
         if len(values) != width:
-            report.add_error(line, _("expected {expected} fields, found {found}.").format(expected=width, found=len(values)))
+            report.add_error(
+                line, _("expected {expected} fields, found {found}.").format(expected=width, found=len(values))
+            )
             continue
-        try:
-            "".join(values).encode("utf-8")
-        except UnicodeEncodeError:
-            report.add_error(line, _("the text is not valid UTF-8."))
-            continue
-        subject_id = values[i_subject].strip()
-        email = values[i_email].strip()
-        language = values[i_language].strip().lower()
-        country = values[i_country].strip().upper()
-        problems = audience_row_problems(subject_id, email, language, country, languages)
+        cleaned, problems = audience_fields_clean(
+            values[i_subject], values[i_email], values[i_language], values[i_country], languages
+        )
         if problems:
-            report.add_error(line, "; ".join(problems) + ".")
+            report.add_error(line, "; ".join(problems.values()) + ".")
             continue
-        yield AudienceRow(line, subject_id, email, language, country)
+        yield AudienceRow(line, *cleaned)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -272,7 +317,9 @@ def _load_orm(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime
         if first is not None:
             report.add_error(
                 row.line,
-                _("subject_id {subject_id!r} is also on line {other}.").format(subject_id=row.subject_id, other=first.line),
+                _("subject_id {subject_id!r} is also on line {other}.").format(
+                    subject_id=row.subject_id, other=first.line
+                ),
             )
             continue
         chosen[row.subject_id] = row
@@ -286,13 +333,24 @@ def _load_orm(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime
     for row in chosen.values():
         recipient = existing.get(row.subject_id)
         if recipient is None:
-            new.append(Recipient(subject_id=row.subject_id, email=row.email, language=row.language, country=row.country, created_at=now, updated_at=now))
+            new.append(
+                Recipient(
+                    subject_id=row.subject_id,
+                    email=row.email,
+                    language=row.language,
+                    country=row.country,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         elif (recipient.email, recipient.language, recipient.country) != (row.email, row.language, row.country):
             recipient.email, recipient.language, recipient.country = row.email, row.language, row.country
             recipient.updated_at, recipient.email_erased_at = now, None
             changed.append(recipient)
     Recipient.objects.bulk_create(new, batch_size=500)
-    Recipient.objects.bulk_update(changed, ["email", "language", "country", "updated_at", "email_erased_at"], batch_size=500)
+    Recipient.objects.bulk_update(
+        changed, ["email", "language", "country", "updated_at", "email_erased_at"], batch_size=500
+    )
     report.created, report.updated = len(new), len(changed)
     report.unchanged = len(chosen) - len(new) - len(changed)
 

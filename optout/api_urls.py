@@ -16,6 +16,7 @@ urlpatterns = [
     path("v1/objections/<str:subject_id>", api.SubjectView.as_view(), name="api-objections-subject"),
     path("v1/subjects/<str:subject_id>/notices", campaigns_api.SubjectNoticesView.as_view(), name="api-notices-list"),
     path("v1/notices/<str:notice_id>/events", campaigns_api.NoticeEventView.as_view(), name="api-notices-event"),
+    path("v1/audience", campaigns_api.AudienceView.as_view(), name="api-audience"),
 ]
 
 # Keep last: any other path under /api/ answers 404 in the API's JSON error shape.

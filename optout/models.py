@@ -276,6 +276,7 @@ class AuditEntry(models.Model):
         RESUME = "resume", _("resumed a campaign")
         CANCEL = "cancel", _("cancelled a campaign")
         TEST_SEND = "test-send", _("sent a test notice")
+        AUDIENCE_IMPORT = "audience-import", _("imported recipients")
 
     at = models.DateTimeField(_("when"), default=timezone.now, db_index=True)
     user = models.ForeignKey(
