@@ -1,53 +1,145 @@
 from __future__ import annotations
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import get_language_info, gettext, ngettext
+from django.utils.translation import get_language, get_language_info, gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from campaigns import admin_control
 from campaigns.models import Campaign, NoticeVersion
 from campaigns.notices import NoticeNotReady, notice_build, notice_personalise
+from campaigns.sample_links import sample_link_view
 from campaigns.selectors import catalog_coverage
 from campaigns.services import notice_test_send, notice_versions_freeze
+from optout.countries import country_choices
+from optout.models import AuditEntry
+from optout.services import audit_record
 
 # What staff see in place of a person's values in previews.
 SAMPLE_NAME = "Alex"
 SAMPLE_OBJECT_URL = "https://example.invalid/optout/t/sample-token/"
 SAMPLE_UNSUBSCRIBE_URL = "https://example.invalid/optout/unsubscribe/sample-token/"
 
+# The campaign's fields staff fill in while it is a draft, as the form groups them.
+NOTICE_FIELDS = (
+    "notice_template",
+    "controller_name",
+    "product_name",
+    "training_starts_on",
+    "dpo_email",
+    "contact_email",
+    "policy_url",
+)
+SENDING_FIELDS = (
+    "send_mail",
+    "send_inapp",
+    "countries",
+    "languages",
+    "objected_policy",
+    "scheduled_at",
+    "expires_at",
+    "send_rate",
+)
+
+
+def _formfield(field, **kwargs):
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")  # Django 6's default, chosen now
+    return field.formfield(**kwargs)
+
+
+class CampaignForm(forms.ModelForm):
+    """The audience filter as tick boxes instead of raw JSON."""
+
+    countries = forms.MultipleChoiceField(
+        label=_("countries"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("None ticked: every country."),
+    )
+    languages = forms.MultipleChoiceField(
+        label=_("languages"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("None ticked: every language."),
+    )
+
+    class Meta:
+        model = Campaign
+        formfield_callback = _formfield
+        fields = ("name", "purpose", *NOTICE_FIELDS, *SENDING_FIELDS)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["countries"].choices = country_choices(get_language() or settings.LANGUAGE_CODE)
+        self.fields["languages"].choices = [
+            (code, get_language_info(code)["name_local"]) for code, _name in settings.LANGUAGES
+        ]
+
+    def clean(self):
+        data = super().clean()
+        if "send_mail" in data and not (data.get("send_mail") or data.get("send_inapp")):
+            self.add_error("send_mail", gettext("Choose at least one channel: mail or in-app."))
+        start, end = data.get("scheduled_at"), data.get("expires_at")
+        if start and end and end <= start:
+            self.add_error("expires_at", gettext("The end of sending must come after its start."))
+        if data.get("send_rate") == 0:
+            self.add_error("send_rate", gettext("The send rate must be at least one mail per second."))
+        return data
+
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ("name", "purpose", "status", "created_at", "notice_preview_link")
+    """Created and edited while a draft; from launch on every field is read-only and the
+    campaign moves only through the control buttons (campaigns.admin_control)."""
+
+    form = CampaignForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    change_form_template = "admin/campaigns/campaign/change_form.html"
+    list_display = ("name", "purpose", "status", "created_at", "launched_at", "notice_preview_link")
     list_filter = ("status", "purpose")
     search_fields = ("name",)
-    readonly_fields = ("notice_preview_link",)
+    readonly_fields = ("status", "launched_at", "ended_at", "pause_reason", "notice_preview_link")
     actions = ("freeze_notices",)
     fieldsets = (
-        (None, {"fields": ("name", "purpose", "status")}),
+        (None, {"fields": ("name", "purpose", "status", "launched_at", "ended_at", "pause_reason")}),
         (
             _("Notice"),
-            {
-                "fields": (
-                    "notice_template",
-                    "controller_name",
-                    "product_name",
-                    "training_starts_on",
-                    "dpo_email",
-                    "contact_email",
-                    "policy_url",
-                    "notice_preview_link",
-                )
-            },
+            {"fields": (*NOTICE_FIELDS, "notice_preview_link")},
+        ),
+        (
+            _("Audience and sending"),
+            {"fields": SENDING_FIELDS},
         ),
     )
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.status != Campaign.Status.DRAFT:
+            return False  # launched: the page is read-only, the buttons move it on
+        return super().has_change_permission(request, obj)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        campaign = self.get_object(request, object_id)
+        if campaign is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "control_links": admin_control.control_links(request, campaign),
+                "report_links": admin_control.report_links(campaign) if campaign.launched_at else [],
+                "progress_url": reverse("admin:campaigns_campaign_progress", args=[campaign.pk])
+                if campaign.launched_at
+                else "",
+                "preview_url": reverse("admin:campaigns_campaign_notice_preview", args=[campaign.pk]),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("notice preview"))
     def notice_preview_link(self, obj: Campaign) -> str:
@@ -79,7 +171,26 @@ class CampaignAdmin(admin.ModelAdmin):
             )
 
     def get_urls(self):
+        def wrap(view):
+            return self.admin_site.admin_view(lambda request, **kwargs: view(self, request, **kwargs))
+
         return [
+            path(
+                "<int:campaign_id>/control/<slug:action>/",
+                wrap(admin_control.control_view),
+                name="campaigns_campaign_control",
+            ),
+            path(
+                "<int:campaign_id>/progress/",
+                wrap(admin_control.progress_view),
+                name="campaigns_campaign_progress",
+            ),
+            # Not behind the staff login: the links in test mails (campaigns.sample_links).
+            path(
+                "test-link/<slug:kind>/<str:token>/",
+                sample_link_view,
+                name="campaigns_campaign_test_link",
+            ),
             path(
                 "<int:campaign_id>/notice-preview/",
                 self.admin_site.admin_view(self.notice_preview_view),
@@ -93,24 +204,14 @@ class CampaignAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def notice_preview_view(
-        self, request: HttpRequest, campaign_id: int
-    ) -> HttpResponse:
-        campaign = get_object_or_404(
-            Campaign.objects.select_related("purpose"), pk=campaign_id
-        )
+    def notice_preview_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
+        campaign = get_object_or_404(Campaign.objects.select_related("purpose"), pk=campaign_id)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
         codes = [code for code, _name in settings.LANGUAGES]
-        language = (
-            request.GET.get("lang")
-            if request.GET.get("lang") in codes
-            else settings.LANGUAGE_CODE
-        )
+        language = request.GET.get("lang") if request.GET.get("lang") in codes else settings.LANGUAGE_CODE
         already_objected = request.GET.get("variant") == "objected"
-        version = NoticeVersion.objects.filter(
-            campaign=campaign, language=language
-        ).first()
+        version = NoticeVersion.objects.filter(campaign=campaign, language=language).first()
         frozen = version is not None
         error = ""
         notice = None
@@ -118,9 +219,7 @@ class CampaignAdmin(admin.ModelAdmin):
             try:
                 version = notice_build(campaign=campaign, language=language)
             except NoticeNotReady:
-                error = gettext(
-                    "The campaign lacks values the notice needs: fill in every field under “Notice”."
-                )
+                error = gettext("The campaign lacks values the notice needs: fill in every field under “Notice”.")
         if version is not None:
             notice = notice_personalise(
                 version,
@@ -135,9 +234,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "original": campaign,
             "campaign": campaign,
             "title": gettext("Notice preview: %(campaign)s") % {"campaign": campaign},
-            "languages": [
-                (code, get_language_info(code)["name_local"]) for code in codes
-            ],
+            "languages": [(code, get_language_info(code)["name_local"]) for code in codes],
             "language": language,
             "language_name": get_language_info(language)["name_local"],
             "already_objected": already_objected,
@@ -157,16 +254,12 @@ class CampaignAdmin(admin.ModelAdmin):
                 )
                 for row in catalog_coverage()
             ],
-            "send_test_url": reverse(
-                "admin:campaigns_campaign_notice_send_test", args=[campaign.pk]
-            ),
+            "send_test_url": reverse("admin:campaigns_campaign_notice_send_test", args=[campaign.pk]),
             "staff_email": request.user.email,
         }
         return TemplateResponse(request, "campaigns/notice_preview.html", context)
 
-    def notice_send_test_view(
-        self, request: HttpRequest, campaign_id: int
-    ) -> HttpResponse:
+    def notice_send_test_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=campaign_id)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
@@ -192,12 +285,16 @@ class CampaignAdmin(admin.ModelAdmin):
                 name=request.user.get_full_name() or request.user.get_username(),
                 already_objected=already_objected,
             )
+            audit_record(
+                user=request.user,
+                action=AuditEntry.Action.TEST_SEND,
+                target=f"{campaign.pk}: {campaign.name}",
+                details={"campaign": campaign.pk, "language": language, "already_objected": already_objected},
+            )
         except NoticeNotReady:
             messages.error(
                 request,
-                gettext(
-                    "The campaign lacks values the notice needs: fill in every field under “Notice”."
-                ),
+                gettext("The campaign lacks values the notice needs: fill in every field under “Notice”."),
             )
             return HttpResponseRedirect(back)
         messages.success(
@@ -263,6 +360,7 @@ class NoticeVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
 
 # The audience admin lives in its own module (recipients and their CSV upload).
 from campaigns import admin_audience  # noqa: E402,F401

@@ -366,10 +366,12 @@ def notice_email(
     subject_id: str,
     objected_on: dt.date | None = None,
     connection=None,
+    links: tuple[str, str] | None = None,
 ) -> EmailMultiAlternatives:
     """The notice mail for one person: text and HTML parts, and the one-click
-    unsubscribe headers (RFC 8058)."""
-    object_link, unsubscribe_link = notice_links(
+    unsubscribe headers (RFC 8058). `links` (objection, unsubscribe) replaces the
+    person's signed links: staff test mails carry harmless ones (campaigns.sample_links)."""
+    object_link, unsubscribe_link = links or notice_links(
         version, subject_id=subject_id, email=to
     )
     notice = notice_personalise(

@@ -51,13 +51,16 @@ def notice_test_send(
     already_objected: bool = False,
 ) -> NoticeVersion:
     """Send the notice to a staff member: the frozen version when the campaign has one
-    for the language, else a fresh rendering of the current templates (not stored)."""
+    for the language, else a fresh rendering of the current templates (not stored).
+    Its links lead to a page that says it is a test and records nothing."""
+    from campaigns.sample_links import sample_links
+
     campaign = Campaign.objects.select_related("purpose").get(pk=campaign_id)
     version = NoticeVersion.objects.filter(campaign=campaign, language=language).first()
     if version is None:
         version = notice_build(campaign=campaign, language=language)
     objected_on = dt.date.today() if already_objected else None
-    notice_email(version, to=to, name=name, subject_id=f"staff-test-{to}", objected_on=objected_on).send()
+    notice_email(version, to=to, name=name, subject_id="", objected_on=objected_on, links=sample_links(version)).send()
     return version
 
 
