@@ -1,4 +1,6 @@
-"""The admin site, with a warning on its index when the change feed is held back."""
+"""The admin site: a warning on its index when the change feed is held back, a login
+limited per address and username, optional two-factor login (config.two_factor), and
+a language choice in the header (Django's set_language; otherwise Accept-Language)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from django.db import DatabaseError
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext_lazy as _
+from django.views.i18n import set_language
 from django_ratelimit.core import is_ratelimited
 
+from config import two_factor
 from config.health import feed_blockers
 
 
@@ -18,6 +22,16 @@ class DemurAdminSite(admin.AdminSite):
     site_title = _("Demur")
     index_title = _("Notices and objections")
     index_template = "admin/demur_index.html"
+    login_form = two_factor.LoginForm
+    login_template = "admin/demur_login.html"
+
+    def has_permission(self, request) -> bool:
+        """Staff, and verified by their code when they turned two-factor login on."""
+        if not super().has_permission(request):
+            return False
+        if not hasattr(request, "_demur_verified"):
+            request._demur_verified = two_factor.session_is_verified(request)
+        return request._demur_verified
 
     def login(self, request, extra_context=None):
         """Django's admin login, refused with 429 after too many attempts from one address
@@ -31,10 +45,17 @@ class DemurAdminSite(admin.AdminSite):
         # Dashboards and the regulator's report (campaigns/admin_dashboard.py), staff only.
         from campaigns.admin_dashboard import urlpatterns as dashboard_urls
 
-        wrapped = [
-            path(str(p.pattern), self.admin_view(p.callback), name=p.name) for p in dashboard_urls
+        wrapped = [path(str(p.pattern), self.admin_view(p.callback), name=p.name) for p in dashboard_urls]
+        own = [
+            path(
+                "two-factor/",
+                self.admin_view(lambda request: two_factor.two_factor_view(self, request)),
+                name="two_factor",
+            ),
+            # Django's own view: stores the choice in the language cookie LocaleMiddleware reads.
+            path("language/", set_language, name="set_language"),
         ]
-        return wrapped + super().get_urls()
+        return wrapped + own + super().get_urls()
 
     def index(self, request, extra_context=None):
         try:
@@ -47,7 +68,12 @@ class DemurAdminSite(admin.AdminSite):
 
 def _login_limited(request) -> bool:
     by_address = is_ratelimited(
-        request, group="admin-login-ip", key="ip", rate=settings.DEMUR_ADMIN_LOGIN_RATE_IP, method="POST", increment=True
+        request,
+        group="admin-login-ip",
+        key="ip",
+        rate=settings.DEMUR_ADMIN_LOGIN_RATE_IP,
+        method="POST",
+        increment=True,
     )
     by_username = is_ratelimited(
         request,

@@ -43,6 +43,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Two-factor login for the admin, TOTP (config.two_factor)
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
@@ -66,6 +69,7 @@ MIDDLEWARE = [
     "optout.middleware.SameOriginFetchMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -252,6 +256,10 @@ CONTENT_SECURITY_POLICY = {
 }
 CSRF_FAILURE_VIEW = "optout.views.csrf_failure"
 SESSION_COOKIE_HTTPONLY = True
+# Two-factor login (config.two_factor): the name authenticator apps show, and nobody,
+# superusers included, reads another person's TOTP secret in the admin.
+OTP_TOTP_ISSUER = "Demur"
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 CSRF_COOKIE_HTTPONLY = True
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
