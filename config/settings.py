@@ -326,8 +326,8 @@ LOGGING = {
     "formatters": {
         "json": {
             "()": "config.logs.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
         },
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
