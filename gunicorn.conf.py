@@ -8,6 +8,11 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+# SO_REUSEPORT: several gunicorn masters may listen on one port and the kernel spreads
+# new connections over them; a new release starts beside the old one, which then stops
+# (kill -TERM) with no refused connection. Web processes share nothing but PostgreSQL and
+# the cache, so any of them can answer any request (tests/test_scale_out.py).
+reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "false").lower() in ("1", "true", "yes", "on")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
 worker_class = "sync"
 # Requests are short; the export streams, so allow it time without holding a slow client forever.
