@@ -21,7 +21,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
@@ -42,7 +42,6 @@ PROGRESS_REFRESH_SECONDS = 5
 class Control:
     action: str
     label: str
-    title: str
     audit: str
     # The states in which the button is offered; the service decides in the end.
     offered_in: tuple[str, ...]
@@ -55,7 +54,6 @@ CONTROLS = {
         Control(
             "launch",
             _("Launch"),
-            _("Launch the campaign"),
             AuditEntry.Action.LAUNCH,
             (S.DRAFT,),
             lambda pk: campaign_launch(campaign_id=pk),
@@ -63,7 +61,6 @@ CONTROLS = {
         Control(
             "pause",
             _("Pause"),
-            _("Pause the campaign"),
             AuditEntry.Action.PAUSE,
             (S.RUNNING,),
             lambda pk: campaign_pause(campaign_id=pk),
@@ -71,7 +68,6 @@ CONTROLS = {
         Control(
             "resume",
             _("Resume"),
-            _("Resume the campaign"),
             AuditEntry.Action.RESUME,
             (S.PAUSED,),
             lambda pk: campaign_resume(campaign_id=pk),
@@ -79,7 +75,6 @@ CONTROLS = {
         Control(
             "cancel",
             _("Cancel"),
-            _("Cancel the campaign"),
             AuditEntry.Action.CANCEL,
             (S.DRAFT, S.SCHEDULED, S.RUNNING, S.PAUSED),
             lambda pk: campaign_cancel(campaign_id=pk),
@@ -163,7 +158,7 @@ def control_view(model_admin, request: HttpRequest, campaign_id: int, action: st
         "original": campaign,
         "campaign": campaign,
         "action": action,
-        "title": control.title,
+        "title": control.label,
         "button": control.label,
         "offered": campaign.status in control.offered_in,
         "change_url": change_url,
@@ -178,17 +173,11 @@ def control_view(model_admin, request: HttpRequest, campaign_id: int, action: st
 
 def _done_message(action: str, campaign: Campaign, result) -> str:
     if action == "launch":
-        return ngettext(
-            "{campaign} launched: {count} delivery created.",
-            "{campaign} launched: {count} deliveries created.",
-            result,
-        ).format(campaign=campaign, count=result)
+        return gettext("{campaign} launched. Deliveries created: {count}.").format(campaign=campaign, count=result)
     if action == "cancel":
-        return ngettext(
-            "{campaign} cancelled: {count} mail will not be sent.",
-            "{campaign} cancelled: {count} mails will not be sent.",
-            result,
-        ).format(campaign=campaign, count=result)
+        return gettext("{campaign} cancelled. Mails that will not be sent: {count}.").format(
+            campaign=campaign, count=result
+        )
     if action == "pause":
         return gettext("{campaign} paused.").format(campaign=campaign)
     return gettext("{campaign} resumed.").format(campaign=campaign)

@@ -128,7 +128,7 @@ def test_staff_launch_after_confirming_and_the_audit_log_says_so(staff, purpose,
     entry = AuditEntry.objects.get()
     assert (entry.username, entry.action, entry.target) == ("sam", "launch", f"{campaign.pk}: {campaign.name}")
     assert entry.details == {"campaign": campaign.pk, "deliveries": 2}
-    assert "2 deliveries created" in staff.get(response["Location"]).content.decode()
+    assert "Deliveries created: 2." in staff.get(response["Location"]).content.decode()
 
 
 def test_a_launch_without_the_csrf_token_is_refused(staff, purpose, audience):
@@ -155,6 +155,8 @@ def test_a_viewer_cannot_launch_or_even_see_the_confirmation(viewer, purpose, au
 def test_pause_resume_and_cancel_each_move_the_campaign_and_leave_an_audit_line(staff, purpose, audience):
     campaign = make_campaign(purpose)
     campaign_launch(campaign_id=campaign.pk)
+
+    assert '<dd id="pending-mail">3</dd>' in staff.get(_control(campaign, "cancel")).content.decode()
 
     for action, status in (("pause", "paused"), ("resume", "running"), ("pause", "paused"), ("cancel", "cancelled")):
         assert _confirm(staff, campaign, action).status_code == 302
