@@ -41,3 +41,11 @@ def tick_task() -> None:
 @shared_task(name="campaigns.retention", ignore_result=True)
 def retention_task() -> int:
     return recipients_erase_expired()
+
+
+@shared_task(name="campaigns.dashboard_refresh", ignore_result=True)
+def dashboard_refresh_task(campaign_id: int | None) -> None:
+    """Count a dashboard's figures again (campaigns.dashboard); None: the overall one."""
+    from campaigns.dashboard import stats_refresh
+
+    stats_refresh(campaign_id=campaign_id)

@@ -156,6 +156,16 @@ DEMUR_DELIVERY_MAX_ATTEMPTS = env_int("DEMUR_DELIVERY_MAX_ATTEMPTS", 5, minimum=
 # A campaign pauses itself when a batch of at least MIN mails fails at this rate (%).
 DEMUR_CAMPAIGN_PAUSE_ERROR_PERCENT = env_int("DEMUR_CAMPAIGN_PAUSE_ERROR_PERCENT", 50, minimum=1)
 DEMUR_CAMPAIGN_PAUSE_MIN_MAILS = env_int("DEMUR_CAMPAIGN_PAUSE_MIN_MAILS", 20, minimum=1)
+# Dashboards (campaigns/dashboard.py) show a snapshot of the counts with its time; one
+# older than this (s) is shown while a Celery task counts again.
+DEMUR_DASHBOARD_MAX_AGE = env_int("DEMUR_DASHBOARD_MAX_AGE", 60, minimum=1)
+# Rates (percent) from which the dashboards warn, ahead of the mail providers' limits:
+# 0.3 % spam complaints (Gmail, Yahoo), 5 % bounces (Amazon SES puts the account under review).
+try:
+    DEMUR_COMPLAINT_RATE_WARNING = float(env_str("DEMUR_COMPLAINT_RATE_WARNING", "0.1"))
+    DEMUR_BOUNCE_RATE_WARNING = float(env_str("DEMUR_BOUNCE_RATE_WARNING", "2"))
+except ValueError:
+    raise ImproperlyConfigured("DEMUR_COMPLAINT_RATE_WARNING and DEMUR_BOUNCE_RATE_WARNING must be numbers (percent).") from None
 
 # --- Mail --------------------------------------------------------------------------------
 
