@@ -5,7 +5,12 @@ depth read from Redis (left out, not an error, when the broker does not answer).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from celery import shared_task
@@ -15,16 +20,21 @@ from django.urls import path
 from prometheus_client.parser import text_string_to_metric_families
 
 from campaigns.dispatch import dispatch_batch
-from campaigns.models import Delivery
-from campaigns.services import inapp_event_record
+from campaigns.models import Campaign, Delivery
+from campaigns.services import campaign_launch, inapp_event_record
+from campaigns.tasks import dispatch_task
 from config import urls as project_urls
 from config.celery import app as celery_app
+from tests.campaigns.factories import make_campaign
 from tests.campaigns.smtpsink import SmtpSink
 from tests.campaigns.test_dispatch import _launch
 from tests.campaigns.test_dispatch_tracking import KEY, _payload, _post
+from tests.campaigns.test_reliability import broker, sink  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db
 BROKER = os.environ.get("DEMUR_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_PORT = int(os.environ.get("DEMUR_TEST_WORKER_METRICS_PORT", "8181"))
 
 
 def scrape() -> dict[tuple[str, frozenset], float]:
@@ -42,11 +52,11 @@ def value(samples, metric: str, **labels) -> float:
 
 
 def test_it_counts_mail_sent_and_refused_and_in_app_notices_shown(purpose, settings):
-    with SmtpSink() as sink:
+    with SmtpSink() as server:
         settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
         settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-        sink.refuse["de@example.com"] = "550 5.1.1 no such user"
+        server.refuse["de@example.com"] = "550 5.1.1 no such user"
         campaign = _launch(
             purpose,
             people=[("p-de", "de@example.com", "de", "DE"), ("p-fr", "fr@example.com", "fr", "FR")],
@@ -63,7 +73,7 @@ def test_it_counts_mail_sent_and_refused_and_in_app_notices_shown(purpose, setti
         labels = {"channel": channel, "status": status}
         return value(after, "demur_deliveries_total", **labels) - value(before, "demur_deliveries_total", **labels)
 
-    assert sink.counts == {"fr@example.com": 1}
+    assert server.counts == {"fr@example.com": 1}
     assert (delta("mail", "sent"), delta("mail", "failed"), delta("inapp", "sent")) == (1, 1, 1)
 
 
@@ -174,3 +184,47 @@ def test_an_unreachable_broker_leaves_the_queue_depth_out_and_the_scrape_answers
 
     assert not [key for key in samples if key[0] == "demur_queue_depth"]
     assert any(key[0] == "demur_http_request_duration_seconds_count" for key in samples)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_serves_the_counters_of_all_its_pool_processes(purpose, broker, sink, tmp_path):  # noqa: F811
+    from tests.campaigns.test_reliability import Worker, _audience, _wait
+
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    worker = Worker("metrics", sink, tmp_path / "worker.log")
+    env = {**worker.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "DEMUR_WORKER_METRICS_PORT": str(WORKER_PORT)}
+    with worker.log.open("ab") as out:
+        worker.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=prefork", "--concurrency=2",
+             "-n", "metrics@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _audience(40)
+        campaign = make_campaign(purpose, send_rate=1000)
+        campaign_launch(campaign_id=campaign.pk)
+        dispatch_task.apply_async(("not-a-campaign-id",))  # fails in the worker
+        _wait(
+            lambda: Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.COMPLETED,
+            timeout=90,
+            workers=[worker],
+            what="the campaign to complete",
+        )
+        time.sleep(1)  # the failed task may still be running beside the last batch
+        with urllib.request.urlopen(f"http://127.0.0.1:{WORKER_PORT}/", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        worker.stop()
+
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    # The endpoint runs in the worker's main process, which runs no task under prefork:
+    # every count below was made in a pool process and read through the directory.
+    assert value(samples, "demur_deliveries_total", channel="mail", status="sent") == 40
+    assert value(samples, "demur_errors_total", source="task", name="campaigns.dispatch") == 1
