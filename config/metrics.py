@@ -138,9 +138,12 @@ class QueueCollector(Collector):
         try:
             with app.connection_for_read(connect_timeout=1, transport_options=options) as conn:
                 conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
-                channel = conn.default_channel
                 for name in sorted(app.amqp.queues):
-                    _, count, _ = channel.queue_declare(name, passive=True)
+                    with conn.channel() as channel:  # RabbitMQ closes a channel that asks for a missing queue
+                        try:
+                            _, count, _ = channel.queue_declare(name, passive=True)
+                        except conn.channel_errors:
+                            count = 0  # no such queue yet: nothing waits in it
                     depth.add_metric([name], count)
         except Exception:  # noqa: BLE001 - kombu raises transport-specific errors; a scrape must not fail
             logger.warning("metrics: the broker did not answer the queue-depth query")
