@@ -5,7 +5,7 @@ recorded, a delivery's outcome written, a webhook received, an error) and kept p
 process; under gunicorn or a prefork Celery worker set PROMETHEUS_MULTIPROC_DIR (an
 empty directory, one per service) and prometheus_client adds the processes up. Counting
 at the event keeps a scrape O(1): deliveries by status read from the rows would be a
-scan of the whole deliveries table (about 0.4 s per million rows measured), every scrape.
+scan of the whole deliveries table (0.3-0.5 s per million rows, bench/metrics_scrape.py), every scrape.
 Celery workers serve their own counters (DEMUR_WORKER_METRICS_PORT, `worker_metrics_serve`),
 one scrape target per worker host. Figures only the servers know are read at scrape
 time with short timeouts and left out when unreachable: the change feed's lag
@@ -123,7 +123,8 @@ class DatabaseCollector(Collector):
 class QueueCollector(Collector):
     """Messages waiting in each Celery queue, asked of the broker at scrape time (a
     passive declare: LLEN on Redis, the queue's message count on RabbitMQ), with a
-    one-second timeout. Left out when the broker does not answer."""
+    one-second timeout. Left out when the broker does not answer; a queue the broker
+    does not know yet reads 0."""
 
     def collect(self):
         if settings.CELERY_TASK_ALWAYS_EAGER:
