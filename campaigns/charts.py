@@ -43,7 +43,9 @@ class Bar:
 def bar_chart(*, chart_id: str, title: str, bars: list[Bar], maximum: float | None = None) -> SafeString:
     """One horizontal bar per row, scaled to `maximum` (default: the largest value)."""
     top = maximum if maximum is not None else max((bar.value for bar in bars), default=0)
-    span = WIDTH - LABEL_WIDTH - VALUE_WIDTH
+    # Room for the longest label, at about 7 px a character of the 12 px font.
+    label_width = min(max(LABEL_WIDTH, 7 * max((len(bar.label) for bar in bars), default=0) + 12), 300)
+    span = WIDTH - label_width - VALUE_WIDTH
     height = ROW * len(bars) + 8
     rows = []
     for n, bar in enumerate(bars):
@@ -55,14 +57,14 @@ def bar_chart(*, chart_id: str, title: str, bars: list[Bar], maximum: float | No
                 '<rect class="bar" x="{}" y="{}" width="{}" height="{}"></rect>'
                 '<text class="value" x="{}" y="{}">{}</text></g>',
                 f"row {bar.css}".strip(),
-                LABEL_WIDTH - 8,
+                label_width - 8,
                 y + ROW * 0.65,
                 bar.label,
-                LABEL_WIDTH,
+                label_width,
                 y + 3,
                 f"{max(length, 0):.1f}",
                 ROW - 6,
-                LABEL_WIDTH + length + 6,
+                label_width + length + 6,
                 y + ROW * 0.65,
                 bar.text,
             )
@@ -81,7 +83,7 @@ class Series:
 def time_chart(*, chart_id: str, title: str, days: list[dt.date], series: list[Series]) -> SafeString:
     """Values per day as a filled area or a line, with the first, middle and last dates
     and the highest value written on the axes."""
-    height, left, bottom, top_pad = 220, 56, 28, 12
+    height, left, bottom, top_pad = 236, 56, 28, 28
     plot_w, plot_h = WIDTH - left - 12, height - bottom - top_pad
     peak = max((max(s.values, default=0) for s in series), default=0)
     step = plot_w / max(len(days) - 1, 1)
@@ -117,11 +119,13 @@ def time_chart(*, chart_id: str, title: str, days: list[dt.date], series: list[S
         format_html('<text class="tick" x="{}" y="{}" text-anchor="end">0</text>', left - 6, top_pad + plot_h),
     ]
     for n in ticks:
+        anchor = "start" if n == 0 else "end" if n == len(days) - 1 else "middle"
         axis.append(
             format_html(
-                '<text class="tick" x="{}" y="{}" text-anchor="middle">{}</text>',
+                '<text class="tick" x="{}" y="{}" text-anchor="{}">{}</text>',
                 f"{left + n * step:.1f}",
                 height - 8,
+                anchor,
                 date_format(days[n], "SHORT_DATE_FORMAT"),
             )
         )
