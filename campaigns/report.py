@@ -137,7 +137,7 @@ def _sections(report: Report, style: Style) -> list[tuple[str, list[list[str]], 
     stats, effect = report.stats, report.stats.effect
     counts = [2.2, 1, 1, 1, 1, 1.1, 1.1]
     return [
-        (_("Notice versions"), _version_rows(report, style, locale.languages), [1.3, 3.2, 1.2]),
+        (_("Notice versions"), _version_rows(report, style, locale.languages), [1.0, 3.8, 1.0]),
         (
             _("Reach and objections per country"),
             _count_rows(stats.countries, stats.total, locale.territories, _("Country"), style),
@@ -246,6 +246,7 @@ def report_pdf(report: Report) -> bytes:
         bottomMargin=15 * mm,
         title=_("Regulator’s report"),
         subject=report.campaign.name,
+        author="Demur",
         lang=get_language() or "en",
     )
     width = A4[0] - 30 * mm
