@@ -1,0 +1,165 @@
+"""The privacy staff's whole journey in Chromium, as a person clicks through it: log in,
+turn on two-factor login and log in again with a code, upload an audience, create a
+campaign, preview the notice, send a test (whose link records nothing), launch after
+the confirmation page, watch the progress, see a person's objection arrive, and export
+the regulator's report. Screenshots go to var/screenshots/.
+
+Dispatch runs as the quick start runs it: Celery tasks in-process (no broker in the
+test settings), started when the launch commits, so the mails are out when the page
+comes back; the mail backend is Django's test outbox."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop
+
+import pytest  # noqa: E402
+from django.contrib.auth.models import Group, User  # noqa: E402
+from django.core import mail  # noqa: E402
+from django.core.cache import cache  # noqa: E402
+from django_otp.oath import totp  # noqa: E402
+
+from campaigns.models import Campaign, Delivery, Recipient  # noqa: E402
+from optout.models import AuditEntry, ObjectionEvent  # noqa: E402
+from tests.browser.chromium import SCREENSHOTS, launch_chromium  # noqa: E402
+
+# serialized_rollback: the roles and the default purpose come from data migrations,
+# which a transactional test's flush would otherwise leave empty for the next one.
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+PASSWORD = "journey-pw-for-tests-only"
+AUDIENCE = (
+    "subject_id,email,language,country\n"
+    "journey-1,anna@example.org,de,DE\n"
+    "journey-2,piotr@example.org,pl,PL\n"
+    "journey-3,maria@example.org,el,GR\n"
+    "journey-4,jean@example.org,fr,FR\n"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright, browser = launch_chromium()
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+def _code(secret: str, steps_ahead: int = 0) -> str:
+    """What an authenticator app shows for the key on the two-factor page."""
+    return f"{totp(base64.b32decode(secret), drift=steps_ahead):06d}"
+
+
+def _log_in(page, site: str, code: str = "") -> None:
+    page.goto(f"{site}/admin/login/?next=/admin/")
+    page.fill("#id_username", "sam")
+    page.fill("#id_password", PASSWORD)
+    if code:
+        page.fill("#id_otp_token", code)
+    page.click("#login-form input[type=submit]")
+    page.wait_for_url(f"{site}/admin/")
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"staff-{name}.png"), full_page=True)
+
+
+def test_privacy_staff_run_a_campaign_from_the_admin(browser, live_server, settings, tmp_path):
+    settings.SITE_URL = live_server.url  # the links in mails point at the live server
+    cache.clear()  # login attempts counted by earlier tests
+    site = live_server.url
+    sam = User.objects.create_user("sam", "sam@example.org", PASSWORD, is_staff=True)
+    sam.groups.add(Group.objects.get(name="Privacy staff"))
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en", accept_downloads=True)
+    page = context.new_page()
+
+    # Log in, turn on two-factor login, and log in again with a code.
+    _log_in(page, site)
+    page.click("text=Two-factor login")
+    secret = page.inner_text("#totp-secret")
+    assert page.locator(".two-factor-qr svg").count() == 1
+    page.fill("#id_otp_token", _code(secret))
+    page.click("#two-factor-submit")
+    page.get_by_text("Two-factor login is on.").wait_for()
+    page.click("#logout-form button")
+    _log_in(page, site, code=_code(secret, steps_ahead=1))
+
+    # Upload the audience.
+    audience = tmp_path / "audience.csv"
+    audience.write_text(AUDIENCE, encoding="utf-8")
+    page.goto(f"{site}/admin/campaigns/recipient/upload/")
+    page.set_input_files("input[type=file]", str(audience))
+    page.click("#content-main input[type=submit]")
+    page.get_by_text("4 rows read").wait_for()
+    assert Recipient.objects.count() == 4
+
+    # Create the campaign as a draft.
+    page.goto(f"{site}/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "EU AI training notice")
+    page.select_option("#id_purpose", index=1)
+    page.fill("#id_controller_name", "Example Social Ltd")
+    page.fill("#id_product_name", "Demur Social")
+    page.fill("#id_training_starts_on", "2027-01-27")
+    page.fill("#id_dpo_email", "dpo@example.com")
+    page.fill("#id_contact_email", "privacy@example.com")
+    page.fill("#id_policy_url", "https://example.com/privacy")
+    page.click("input[name=_continue]")
+    campaign = Campaign.objects.get(name="EU AI training notice")
+    page.wait_for_url(f"{site}/admin/campaigns/campaign/{campaign.pk}/change/")
+
+    # Preview the notice in German and send a test of it to oneself.
+    page.click(".object-tools >> text=Notice preview")
+    page.click("a[hreflang=de]")
+    assert page.inner_text("#notice-subject") == "Ihre Informationen und KI bei Demur Social"
+    _shot(page, "notice-preview")
+    page.select_option("#test-lang", "de")
+    page.click("text=Send a test to sam@example.org")
+    page.get_by_text("Test sent to sam@example.org").wait_for()
+    (test_mail,) = mail.outbox
+    test_link = next(url for url in re.findall(r"https?://\S+", test_mail.body) if "/test-link/object/" in url)
+    reader = context.new_page()
+    reader.goto(test_link)
+    assert "Dies ist eine Testmitteilung" in reader.content() or "This is a test notice" in reader.content()
+    reader.close()
+    assert not ObjectionEvent.objects.exists()  # the test mail's link records nothing
+
+    # Launch, after the confirmation page has said what will happen.
+    page.goto(f"{site}/admin/campaigns/campaign/{campaign.pk}/change/")
+    page.click(".campaign-control-launch")
+    assert page.inner_text("#launch-audience") == "4"
+    assert page.inner_text("#launch-mail") == "4"
+    campaign.refresh_from_db()
+    assert campaign.status == "draft"  # the confirmation page changed nothing
+    _shot(page, "launch-confirmation")
+    page.click("#confirm-launch")
+    page.get_by_text("Deliveries created: 4.").wait_for()
+
+    # Watch the progress: the panel reloads itself until everything is out.
+    progress = page.frame_locator("iframe.campaign-progress")
+    progress.get_by_text("4 of 4 done").wait_for()
+    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 4
+    assert page.locator(".campaign-control-launch").count() == 0
+    _shot(page, "campaign-running")
+
+    # A person objects from the link in the notice they received.
+    notice = next(m for m in mail.outbox if m.to == ["anna@example.org"])
+    link = next(url for url in re.findall(r"https?://\S+", notice.body) if "/optout/t/" in url)
+    person = browser.new_context(java_script_enabled=False, viewport={"width": 360, "height": 800})
+    person_page = person.new_page()
+    person_page.goto(link)
+    person_page.get_by_role("button", name="Widerspruch absenden").click()
+    person_page.get_by_role("heading", name="Ihr Widerspruch wurde erfasst").wait_for()
+    person.close()
+
+    # Staff see it arrive.
+    event = ObjectionEvent.objects.get()
+    assert (event.subject_id, event.campaign_id) == ("journey-1", campaign.pk)
+    page.goto(f"{site}/admin/optout/objectionevent/?q=journey-1")
+    assert event.receipt in page.inner_text("#result_list")
+
+    assert set(AuditEntry.objects.values_list("action", flat=True)) >= {"audience-import", "test-send", "launch"}
+    context.close()
