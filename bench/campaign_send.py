@@ -2,10 +2,11 @@
 Celery workers, Redis and a local SMTP sink, beside a bare smtplib loop sending the same
 kind of pre-rendered messages to the same sink over one connection.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_campaigns_bench \\
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_h5_bench \\
         .venv/bin/python bench/campaign_send.py --recipients 100000 --workers 2
 
-Broker and cache: Redis database 12 (queue "demur-bench"). The campaign figure runs from
+Broker and cache: BENCH_BROKER_URL and BENCH_CACHE_URL (queue "demur-bench"; the cache's
+database is flushed), the sink on BENCH_SMTP_PORT. The campaign figure runs from
 the launch call (freeze + deliveries) until the campaign is completed; "sending only"
 from the end of the launch. Worker peak RSS is each worker process's VmHWM. Target
 (issue 6): at least 1,000 mails/s for 100,000 recipients, workers under 250 MB.
@@ -18,7 +19,6 @@ import datetime as dt
 import json
 import os
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import ROOT, django_env, ensure_database, manage, psql, report  # noqa: E402
 
-REDIS = "redis://127.0.0.1:6379/12"
+BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6380/5")
+CACHE = os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/5")
+SMTP_PORT = int(os.environ.get("BENCH_SMTP_PORT", "2525"))
 QUEUE = "demur-bench"
 LANGUAGES = ["de", "fr", "it", "es", "pl", "nl", "el", "sv", "cs", "pt"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_sink(port: int) -> subprocess.Popen:
@@ -56,18 +52,23 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-mails", type=int, default=20_000)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_campaigns_bench")
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_h5_bench")
     if not url.startswith("postgres"):
         sys.exit("This benchmark needs DATABASE_URL=postgres://...")
     ensure_database(url)
-    port = free_port()
-    env = django_env(url, LOG_LEVEL="WARNING", CELERY_BROKER_URL=REDIS, CACHE_URL=REDIS, CELERY_TASK_DEFAULT_QUEUE=QUEUE,
+    port = SMTP_PORT
+    env = django_env(url, LOG_LEVEL="WARNING", CELERY_BROKER_URL=BROKER, CACHE_URL=CACHE, CELERY_TASK_DEFAULT_QUEUE=QUEUE,
                      EMAIL_URL=f"smtp://127.0.0.1:{port}", DEMUR_DISPATCH_BATCH="500",
                      DEMUR_DISPATCH_PARALLELISM=str(args.workers))  # fmt: skip
     env.pop("EMAIL_BACKEND", None)
@@ -84,7 +85,8 @@ def main() -> None:
     from campaigns.services import campaign_launch
     from optout.models import Purpose
 
-    redis.Redis.from_url(REDIS).flushdb()  # the benchmark's own database number
+    redis.Redis.from_url(CACHE).flushdb()  # the benchmark's own database number
+    redis.Redis.from_url(BROKER).delete(QUEUE)
     psql(url, "DELETE FROM campaigns_delivery; TRUNCATE campaigns_recipient")
     psql(
         url,
@@ -115,7 +117,8 @@ def main() -> None:
         smtp.sendmail("privacy@example.org", [f"base{n}@example.org"], messages[n % len(messages)])
     baseline = args.baseline_mails / (time.perf_counter() - started)
     smtp.quit()
-    assert stop_sink(sink)["mails"] == args.baseline_mails
+    baseline_sink = stop_sink(sink)
+    assert baseline_sink["mails"] == args.baseline_mails
 
     sink = start_sink(port)
     workers = [
@@ -128,6 +131,8 @@ def main() -> None:
     ]  # fmt: skip
     try:
         time.sleep(5)  # let the workers connect
+        load_before = os.getloadavg()[0]
+        cpu_before = sum(cpu_seconds(worker.pid) for worker in workers)
         started = time.perf_counter()
         created = campaign_launch(campaign_id=campaign.pk)
         launched = time.perf_counter()
@@ -137,6 +142,8 @@ def main() -> None:
             time.sleep(0.2)
         finished = time.perf_counter()
         rss = [peak_rss_mb(worker.pid) for worker in workers]
+        worker_cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_before
+        load_after = os.getloadavg()[0]
     finally:
         for worker in workers:
             worker.terminate()
@@ -151,6 +158,11 @@ def main() -> None:
     print(f"{args.recipients:,} recipients in {len(LANGUAGES)} languages, {args.workers} solo workers; sink: {outcome}; deliveries: {statuses}")
     print(f"  launch {launched - started:.1f} s, sending {finished - launched:.1f} s, end to end {finished - started:.1f} s")
     print(f"  worker peak RSS (MB): {', '.join(f'{r:.0f}' for r in rss)}")
+    print(
+        f"  CPU per mail: workers {worker_cpu / args.recipients * 1e6:.0f} us, sink {outcome['cpu'] / args.recipients * 1e6:.0f} us"
+        f" (sink in the smtplib baseline {baseline_sink['cpu'] / args.baseline_mails * 1e6:.0f} us);"
+        f" load average {load_before:.1f} before, {load_after:.1f} after"
+    )
     report(
         "Campaign mail throughput (mails/s; higher is better)",
         [

@@ -1,5 +1,6 @@
 """A minimal SMTP sink for the campaign benchmark: accepts every mail, counts mails per
-recipient, and on SIGTERM prints {"mails", "distinct", "duplicates"} as JSON.
+recipient, and on SIGTERM prints {"mails", "distinct", "duplicates", "cpu"} as JSON (cpu:
+the sink's own CPU seconds, so a benchmark can tell how much of the machine it took).
 
 aiosmtpd (the tests' sink) spends ~4 ms per mail; this one answers the few commands
 Django's SMTP backend and smtplib send, so the sink is not what the benchmark measures.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import signal
 import sys
 from collections import Counter
@@ -61,7 +63,18 @@ async def main(port: int) -> None:
     async with server:
         await stop.wait()
     mails = sum(counts.values())
-    print(json.dumps({"mails": mails, "distinct": len(counts), "duplicates": sum(1 for c in counts.values() if c > 1)}), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "mails": mails,
+                "distinct": len(counts),
+                "duplicates": sum(1 for c in counts.values() if c > 1),
+                "cpu": usage.ru_utime + usage.ru_stime,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

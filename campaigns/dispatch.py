@@ -1,18 +1,23 @@
 """Sending a campaign's mail: claim a batch, render each mail from the frozen version,
-send it through one connection, record each outcome as soon as it is known.
+send it through one connection, record each outcome as soon as its group is done.
 
 A delivery moves pending -> claimed -> sending -> sent | failed | pending (retry) |
-skipped, each step a conditional UPDATE naming the batch's claim. A row is marked
-"sending" in the same statement that records the outcome of the row before it, so at any
-moment a batch has at most one row in "sending": the one handed to the mail backend.
-When a worker dies, the periodic tick (`campaigns_tick`) finds its claim past
-DEMUR_DELIVERY_CLAIM_TIMEOUT and settles it:
+skipped, each step a conditional UPDATE naming the batch's claim. A batch goes out in
+groups of DEMUR_DISPATCH_GROUP mails: one statement records the outcomes of the group
+just sent and marks the next group "sending" before any of it is handed to the mail
+backend, so at any moment a batch has at most one group in "sending". When a worker dies,
+the periodic tick (`campaigns_tick`) finds its claim past DEMUR_DELIVERY_CLAIM_TIMEOUT
+and settles it:
 
 - rows still "claimed" were never handed to the backend: back to pending;
-- the row in "sending" may or may not have gone out. It becomes "unknown" and is never
+- rows in "sending" may or may not have gone out. They become "unknown" and are never
   retried: nobody gets the notice twice, and staff see how many outcomes are unknown
-  (at most one per dead batch). The alternative, sending it again, would mail those
-  people twice whenever the crash came after the provider accepted the mail.
+  (at most one group per dead batch). The alternative, sending them again, would mail
+  people twice whenever the crash came after the provider accepted their mail.
+
+The group size trades database round trips (one per group) against what a crash leaves
+unknown (one group, of which the mails not yet handed over are never sent): 1 gives the
+old one-mail-in-flight behaviour at one round trip per mail.
 
 A live worker gives back what is left of its claim after half the timeout, so the tick
 never settles a batch that is still being worked on (EMAIL_TIMEOUT bounds one send).
@@ -25,24 +30,26 @@ resume and cancel take effect within one batch (at most about a second of sendin
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import smtplib
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from email.utils import parseaddr
 
 from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
 from django.conf import settings
-from django.core.mail import get_connection
 from django.db import connection, transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
+from campaigns import notice_mime
 from campaigns.models import Campaign, Delivery, NoticeVersion, Recipient, Suppression
-from campaigns.notices import notice_email
+from campaigns.notices import notice_email, notice_links
 from campaigns.ratelimit import tokens_take
 from config.metrics import deliveries_counted
 
@@ -70,7 +77,9 @@ def classify(exc: Exception) -> SendError:
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return SendError(str(exc) or "server disconnected", permanent=False, reconnect=True)
     if isinstance(exc, smtplib.SMTPResponseException):
-        return SendError(f"{exc.smtp_code} {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600, reconnect=exc.smtp_code == 421)
+        return SendError(
+            f"{exc.smtp_code} {exc.smtp_error!r}", permanent=500 <= exc.smtp_code < 600, reconnect=exc.smtp_code == 421
+        )
     if isinstance(exc, (OSError, socket.timeout, smtplib.SMTPException)):
         return SendError(str(exc) or type(exc).__name__, permanent=False, reconnect=True)
     if isinstance(exc, AnymailRecipientsRefused):
@@ -140,16 +149,32 @@ WHERE id IN (
 RETURNING id, subject_id, notice_version_id, objected_at, attempts
 """
 
-# Records the outcome of one row and marks the next one as in flight, in one statement.
-_STEP_SQL = """
+# One statement per group: the outcomes of the mails just sent (expected "sending"), the
+# rows never handed over (skipped, unrenderable: expected "claimed") and the next group
+# marked "sending" (expected "claimed"). Columns other than status are kept on rows
+# being marked "sending" (a retry keeps its last error until its new outcome).
+_RECORD_SQL_PG = """
+UPDATE campaigns_delivery d SET
+    status = o.status,
+    sent_at = CASE WHEN o.status = 'sending' THEN d.sent_at ELSE o.sent_at END,
+    message_id = CASE WHEN o.status = 'sending' THEN d.message_id ELSE o.message_id END,
+    error = CASE WHEN o.status = 'sending' THEN d.error ELSE o.error END,
+    next_attempt_at = CASE WHEN o.status = 'sending' THEN d.next_attempt_at ELSE o.next_at END
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS o(
+    id bigint, status text, expect text, sent_at timestamptz, message_id text, error text, next_at timestamptz
+)
+WHERE d.id = o.id AND d.claim = %(claim)s AND d.status = o.expect
+"""
+
+# SQLite (the quick start): the same, one row per statement in one executemany.
+_RECORD_SQL_SQLITE = """
 UPDATE campaigns_delivery SET
-    status = CASE WHEN id = %(done)s THEN %(status)s ELSE 'sending' END,
-    sent_at = CASE WHEN id = %(done)s THEN %(sent_at)s ELSE sent_at END,
-    message_id = CASE WHEN id = %(done)s THEN %(message_id)s ELSE message_id END,
-    error = CASE WHEN id = %(done)s THEN %(error)s ELSE error END,
-    next_attempt_at = CASE WHEN id = %(done)s THEN %(next_at)s ELSE next_attempt_at END
-WHERE claim = %(claim)s
-  AND ((id = %(done)s AND status = 'sending') OR (id = %(next)s AND status = 'claimed'))
+    status = %(status)s,
+    sent_at = CASE WHEN %(status)s = 'sending' THEN sent_at ELSE %(sent_at)s END,
+    message_id = CASE WHEN %(status)s = 'sending' THEN message_id ELSE %(message_id)s END,
+    error = CASE WHEN %(status)s = 'sending' THEN error ELSE %(error)s END,
+    next_attempt_at = CASE WHEN %(status)s = 'sending' THEN next_attempt_at ELSE %(next_at)s END
+WHERE id = %(id)s AND claim = %(claim)s AND status = %(expect)s
 """
 
 
@@ -182,9 +207,7 @@ def _claim(campaign_id: int, limit: int, claim: uuid.UUID, now: dt.datetime) -> 
         rows = [_Row(*row) for row in cursor.fetchall()]
     rows.sort(key=lambda row: row.id)
     if connection.vendor != "postgresql":
-        rows = [
-            _Row(r.id, r.subject_id, r.version_id, _sqlite_datetime(r.objected_at), r.attempts) for r in rows
-        ]
+        rows = [_Row(r.id, r.subject_id, r.version_id, _sqlite_datetime(r.objected_at), r.attempts) for r in rows]
     return rows
 
 
@@ -204,38 +227,65 @@ def _sqlite_datetime(value) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value)
 
 
+_RECORD_KEYS = ("id", "status", "expect", "sent_at", "message_id", "error", "next_at")
+
+
 class _Recorder:
-    """Writes each row's outcome, and marks the next row in flight, as one statement."""
+    """Collects outcomes and writes them, with the next group's "sending" mark, in one
+    statement (one round trip per group rather than per mail)."""
 
     def __init__(self, claim: uuid.UUID) -> None:
         self.claim = _db_uuid(claim)
-        self.pending_outcome: dict | None = None
+        self.entries: list[tuple] = []
 
-    def step(self, next_id: int | None) -> bool:
-        """Record the outcome held since the last call and mark `next_id` as sending.
-        False when the claim was taken away (the tick settled it): stop the batch."""
-        outcome = self.pending_outcome or {}
-        params = {
-            "claim": self.claim,
-            "done": outcome.get("id", -1),
-            "status": outcome.get("status", S.SENT),
-            "sent_at": _db_datetime(outcome.get("sent_at")),
-            "message_id": outcome.get("message_id", ""),
-            "error": outcome.get("error", ""),
-            "next_at": _db_datetime(outcome.get("next_at")),
-            "next": next_id if next_id is not None else -1,
-        }
+    def outcome(
+        self,
+        delivery_id: int,
+        *,
+        status: str,
+        sent: bool = True,
+        sent_at: dt.datetime | None = None,
+        message_id: str = "",
+        error: str = "",
+        next_at: dt.datetime | None = None,
+    ) -> None:
+        """`sent`: the row was handed to the backend (it is "sending"), else still "claimed"."""
+        expect = S.SENDING if sent else S.CLAIMED
+        self.entries.append((delivery_id, status, expect, sent_at, message_id, error, next_at))
+
+    def write(self, sending: list[int]) -> bool:
+        """Write the outcomes collected so far and mark `sending` as in flight. False
+        when the claim was taken away (the tick settled it): stop the batch."""
+        entries = self.entries + [(row_id, S.SENDING, S.CLAIMED, None, "", "", None) for row_id in sending]
+        self.entries = []
+        if not entries:
+            return True
         with connection.cursor() as cursor:
-            cursor.execute(_STEP_SQL, params)
-            changed = cursor.rowcount
-        expected = (1 if self.pending_outcome else 0) + (1 if next_id is not None else 0)
-        if self.pending_outcome and changed == expected:
-            deliveries_counted(channel=Delivery.Channel.MAIL, status=params["status"])
-        self.pending_outcome = None
-        return changed == expected
-
-    def outcome(self, delivery_id: int, **values) -> None:
-        self.pending_outcome = {"id": delivery_id, **values}
+            if connection.vendor == "postgresql":
+                # One JSON parameter: quoting seven arrays into the statement costs more.
+                rows = [dict(zip(_RECORD_KEYS, entry, strict=True)) for entry in entries]
+                cursor.execute(
+                    _RECORD_SQL_PG, {"claim": self.claim, "rows": json.dumps(rows, default=dt.datetime.isoformat)}
+                )
+            else:
+                cursor.executemany(
+                    _RECORD_SQL_SQLITE,
+                    [
+                        {
+                            **dict(zip(_RECORD_KEYS, entry, strict=True)),
+                            "claim": self.claim,
+                            "sent_at": _db_datetime(entry[3]),
+                            "next_at": _db_datetime(entry[6]),
+                        }
+                        for entry in entries
+                    ],
+                )
+            if cursor.rowcount != len(entries):
+                return False
+        outcomes = Counter(entry[1] for entry in entries if entry[1] != S.SENDING)
+        for status, count in outcomes.items():
+            deliveries_counted(channel=Delivery.Channel.MAIL, status=status, count=count)
+        return True
 
 
 def _message_domain() -> str:
@@ -293,52 +343,65 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
     domain = _message_domain()
     give_back_after = settings.DEMUR_DELIVERY_CLAIM_TIMEOUT / 2
     max_attempts = settings.DEMUR_DELIVERY_MAX_ATTEMPTS
+    # Mails handed to the backend between two writes: their outcomes and the next group's
+    # "sending" mark go in one statement, one round trip per group rather than per mail.
+    # The price: a worker killed mid-group leaves the whole group "unknown" (never sent
+    # again; some of it may not have gone out), and an outcome reaches the database up to
+    # a group's sending time after it is known.
+    group_size = settings.DEMUR_DISPATCH_GROUP
     recorder = _Recorder(claim)
-    mail_connection = get_connection(fail_silently=False)
+    mail_connection = notice_mime.mail_connection()
+    prebuilt = notice_mime.fits(mail_connection)
     sent = failed = 0
     try:
         mail_connection.open()  # opened here, send_messages() keeps it for the whole batch
-        for row in rows:
+        for first in range(0, len(rows), group_size):
             if time.monotonic() - started > give_back_after:
                 break
-            email = emails.get(row.subject_id, "")
-            message_id = f"<d{row.id}.c{campaign_id}@{domain}>"
-            message = render_error = None
-            if email and row.subject_id not in suppressed_subjects and email not in suppressed_emails:
-                # Rendered before the row is marked "sending": a crash while rendering
-                # leaves it claimed, and it goes back to pending rather than to unknown.
+            # Rendered before the rows are marked "sending": a crash while rendering
+            # leaves them claimed, and they go back to pending rather than to unknown.
+            group = []
+            for row in rows[first : first + group_size]:
+                email = emails.get(row.subject_id, "")
+                if not email or row.subject_id in suppressed_subjects or email in suppressed_emails:
+                    recorder.outcome(
+                        row.id, status=S.SKIPPED, sent=False, error="suppressed" if email else "no email address"
+                    )
+                    continue
+                message_id = f"<d{row.id}.c{campaign_id}@{domain}>"
                 try:
-                    message = _message(_version(row.version_id), row, email, message_id, campaign_id, mail_connection)
+                    message = _message(
+                        _version(row.version_id), row, email, message_id, campaign_id, mail_connection, prebuilt
+                    )
                 except Exception as exc:  # noqa: BLE001 - recorded on the row, never retried
-                    render_error = f"{type(exc).__name__}: {exc}"
-            if not recorder.step(row.id):
+                    failed += 1
+                    recorder.outcome(row.id, status=S.FAILED, sent=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+                    continue
+                group.append((row, message, message_id))
+            if not recorder.write([row.id for row, _message, _id in group]):
                 logger.warning("campaign %s: claim %s was settled under this worker; stopping", campaign_id, claim)
                 return BatchResult(more=True, sent=sent, failed=failed)
-            if render_error:
-                failed += 1
-                recorder.outcome(row.id, status=S.FAILED, error=render_error[:2000])
-                continue
-            if message is None:
-                recorder.outcome(row.id, status=S.SKIPPED, error="suppressed" if email else "no email address")
-                continue
-            try:
-                message.send()
-            except Exception as exc:  # noqa: BLE001 - the backend's errors are classified, not enumerated
-                error = classify(exc)
-                failed += 1
-                if error.reconnect:
-                    mail_connection.close()
-                    _reopen(mail_connection)
-                if error.permanent or row.attempts >= max_attempts:
-                    recorder.outcome(row.id, status=S.FAILED, error=str(error)[:2000])
-                else:
-                    delay = min(BACKOFF_BASE * 4 ** (row.attempts - 1), BACKOFF_MAX)
-                    recorder.outcome(row.id, status=S.PENDING, error=str(error)[:2000], next_at=timezone.now() + delay)
-                logger.info("campaign %s: delivery %s failed: %s", campaign_id, row.id, error)
-                continue
-            sent += 1
-            recorder.outcome(row.id, status=S.SENT, sent_at=timezone.now(), message_id=message_id)
-        recorder.step(None)
+            for row, message, message_id in group:
+                try:
+                    message.send()
+                except Exception as exc:  # noqa: BLE001 - the backend's errors are classified, not enumerated
+                    error = classify(exc)
+                    failed += 1
+                    if error.reconnect:
+                        mail_connection.close()
+                        _reopen(mail_connection)
+                    if error.permanent or row.attempts >= max_attempts:
+                        recorder.outcome(row.id, status=S.FAILED, error=str(error)[:2000])
+                    else:
+                        delay = min(BACKOFF_BASE * 4 ** (row.attempts - 1), BACKOFF_MAX)
+                        recorder.outcome(
+                            row.id, status=S.PENDING, error=str(error)[:2000], next_at=timezone.now() + delay
+                        )
+                    logger.info("campaign %s: delivery %s failed: %s", campaign_id, row.id, error)
+                    continue
+                sent += 1
+                recorder.outcome(row.id, status=S.SENT, sent_at=timezone.now(), message_id=message_id)
+        recorder.write([])
     finally:
         mail_connection.close()
         # Whatever this batch did not reach goes back to pending at once.
@@ -349,13 +412,30 @@ def _send(campaign_id: int, rows: list[_Row], claim: uuid.UUID, started: float) 
     return BatchResult(more=True, sent=sent, failed=failed)
 
 
-def _message(version: NoticeVersion, row: _Row, email: str, message_id: str, campaign_id: int, mail_connection):
+def _message(
+    version: NoticeVersion, row: _Row, email: str, message_id: str, campaign_id: int, mail_connection, prebuilt: bool
+):
+    objected_on = row.objected_at.date() if row.objected_at else None
+    if prebuilt:
+        object_url, unsubscribe_url = notice_links(version, subject_id=row.subject_id, email=email)
+        message = notice_mime.prebuilt_email(
+            version,
+            to=email,
+            objected_on=objected_on,
+            object_url=object_url,
+            unsubscribe_url=unsubscribe_url,
+            message_id=message_id,
+            delivery_id=row.id,
+            connection=mail_connection,
+        )
+        if message is not None:
+            return message
     message = notice_email(
         version,
         to=email,
         name="",
         subject_id=row.subject_id,
-        objected_on=row.objected_at.date() if row.objected_at else None,
+        objected_on=objected_on,
         connection=mail_connection,
     )
     message.extra_headers["Message-ID"] = message_id
@@ -438,20 +518,25 @@ def deliveries_settle(*, now: dt.datetime | None = None, timeout: float | None =
     to pending, rows whose outcome is unknown)."""
     now = now or timezone.now()
     timeout = settings.DEMUR_DELIVERY_CLAIM_TIMEOUT if timeout is None else timeout
-    stale = Delivery.objects.filter(status__in=[S.CLAIMED, S.SENDING], claimed_at__lt=now - dt.timedelta(seconds=timeout))
+    stale = Delivery.objects.filter(
+        status__in=[S.CLAIMED, S.SENDING], claimed_at__lt=now - dt.timedelta(seconds=timeout)
+    )
     claims = list(stale.values_list("claim", flat=True).distinct())
     returned = unknown = 0
     for claim in claims:
         with transaction.atomic():
             unknown += Delivery.objects.filter(claim=claim, status=S.SENDING).update(
-                status=S.UNKNOWN, error=gettext("The worker stopped while this mail was being sent; it may have gone out.")
+                status=S.UNKNOWN,
+                error=gettext("The worker stopped while this mail was being sent; it may have gone out."),
             )
             returned += Delivery.objects.filter(claim=claim, status=S.CLAIMED).update(
                 status=S.PENDING, claim=None, claimed_at=None, attempts=F("attempts") - 1
             )
     deliveries_counted(channel=Delivery.Channel.MAIL, status=S.UNKNOWN, count=unknown)
     if unknown:
-        logger.warning("settled %s dead claims: %s deliveries back to pending, %s unknown", len(claims), returned, unknown)
+        logger.warning(
+            "settled %s dead claims: %s deliveries back to pending, %s unknown", len(claims), returned, unknown
+        )
     return returned, unknown
 
 
@@ -467,7 +552,9 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> None:
         Campaign.objects.filter(status=Campaign.Status.SCHEDULED, scheduled_at__lte=now).values_list("pk", flat=True)
     )
     for campaign_id in started:
-        if Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SCHEDULED).update(status=Campaign.Status.RUNNING):
+        if Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SCHEDULED).update(
+            status=Campaign.Status.RUNNING
+        ):
             dispatch_enqueue(campaign_id=campaign_id)
     deliveries_settle(now=now)
     # Mail a worker held while its campaign was cancelled came back as pending: cancel it too.
@@ -475,7 +562,9 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> None:
         campaign__status=Campaign.Status.CANCELLED, channel=Delivery.Channel.MAIL, status=S.PENDING
     ).update(status=S.CANCELLED)
     stalled_before = now - dt.timedelta(seconds=3 * settings.CELERY_BEAT_SCHEDULE["campaigns-tick"]["schedule"])
-    for campaign_id in Campaign.objects.filter(status=Campaign.Status.RUNNING).exclude(pk__in=started).values_list("pk", flat=True):
+    for campaign_id in (
+        Campaign.objects.filter(status=Campaign.Status.RUNNING).exclude(pk__in=started).values_list("pk", flat=True)
+    ):
         if campaign_complete(campaign_id=campaign_id, now=now):
             continue
         if not Delivery.objects.filter(

@@ -6,20 +6,19 @@ from __future__ import annotations
 import time
 
 from celery import shared_task
+from django.conf import settings
 
 from campaigns.audience import recipients_erase_expired
 from campaigns.dispatch import campaigns_tick, dispatch_batch
 
-# A dispatch task sends batches for this long, then hands over to a successor task. What
-# a killed worker leaves behind does not grow with it (each mail's outcome is recorded as
-# it is known), and fewer hand-overs spare the broker's pick-up latency per batch.
-TASK_SECONDS = 20.0
-
 
 @shared_task(name="campaigns.dispatch", ignore_result=True, bind=True)
 def dispatch_task(self, campaign_id: int) -> None:
-    """Send batches of the campaign while it runs. Run eagerly (the quick start, no
-    broker), it goes on until the campaign is done instead of re-enqueueing itself."""
+    """Send batches of the campaign while it runs, for DEMUR_DISPATCH_TASK_SECONDS, then
+    hand over to a successor task. What a killed worker leaves behind does not grow with
+    that time (outcomes are recorded group by group), and fewer hand-overs spare the
+    broker's pick-up latency. Run eagerly (the quick start, no broker), it goes on until
+    the campaign is done instead of re-enqueueing itself."""
     eager = self.app.conf.task_always_eager
     started = time.monotonic()
     while True:
@@ -28,7 +27,7 @@ def dispatch_task(self, campaign_id: int) -> None:
             return
         if result.delay and eager:
             return  # retries not due yet: the tick picks them up
-        if not eager and (result.delay or time.monotonic() - started > TASK_SECONDS):
+        if not eager and (result.delay or time.monotonic() - started > settings.DEMUR_DISPATCH_TASK_SECONDS):
             self.apply_async((campaign_id,), countdown=result.delay or None, retry=False)
             return
 

@@ -88,7 +88,9 @@ def test_it_sends_one_mail_per_delivery_with_links_headers_and_tags(purpose, sin
         unsubscribe = message["List-Unsubscribe"].strip("<>")
         claims = read_token(unsubscribe.rstrip("/").rsplit("/", 1)[1], salt=UNSUBSCRIBE_SALT)
         assert (claims.subject_id, claims.campaign_id, claims.notice_version_id) == (
-            delivery.subject_id, campaign.pk, version.pk,
+            delivery.subject_id,
+            campaign.pk,
+            version.pk,
         )
         if delivery.subject_id == "p-pl":  # objected before: told so, no button to object again
             assert delivery.objected_at and message["Subject"].strip() == version.objected_subject
@@ -154,7 +156,7 @@ def test_it_settles_a_dead_workers_claim_without_sending_anyone_twice(purpose, s
     # A worker claims three mails, starts the first and dies.
     claim = uuid.uuid4()
     rows = _claim(campaign.pk, 3, claim, timezone.now())
-    assert _Recorder(claim).step(rows[0].id)
+    assert _Recorder(claim).write([rows[0].id])
 
     assert deliveries_settle(timeout=60) == (0, 0)  # not stale yet
     assert deliveries_settle(now=timezone.now() + dt.timedelta(seconds=61), timeout=60) == (2, 1)
@@ -162,7 +164,8 @@ def test_it_settles_a_dead_workers_claim_without_sending_anyone_twice(purpose, s
     in_flight = Delivery.objects.get(pk=rows[0].id)
     assert in_flight.status == "unknown" and in_flight.error
     assert list(Delivery.objects.filter(pk__in=[r.id for r in rows[1:]]).values_list("status", "attempts")) == [
-        ("pending", 0), ("pending", 0),
+        ("pending", 0),
+        ("pending", 0),
     ]
     _run(campaign)
     assert sum(sink.counts.values()) == 4
