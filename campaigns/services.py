@@ -8,7 +8,7 @@ import datetime as dt
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 
 from campaigns.models import (
     Campaign,
@@ -75,6 +75,20 @@ class CampaignStateError(Exception):
     """The campaign is not in a state that allows what was asked."""
 
 
+# What a refused transition says, one whole sentence per action (a verb slotted into a
+# shared sentence reads wrongly in most languages).
+REFUSED = {
+    "launch": gettext_lazy("A campaign cannot be launched while its status is “{status}”."),
+    "pause": gettext_lazy("A campaign cannot be paused while its status is “{status}”."),
+    "resume": gettext_lazy("A campaign cannot be resumed while its status is “{status}”."),
+    "cancel": gettext_lazy("A campaign cannot be cancelled while its status is “{status}”."),
+}
+
+
+def _refused(action: str, status: str) -> CampaignStateError:
+    return CampaignStateError(str(REFUSED[action]).format(status=Campaign.Status(status).label))
+
+
 def _transition(
     campaign_id: int,
     *,
@@ -83,16 +97,13 @@ def _transition(
     action: str,
     **values,
 ) -> None:
+    """`action`: a key of REFUSED, for the message when the campaign's status forbids it."""
     changed = Campaign.objects.filter(pk=campaign_id, status__in=allowed).update(status=to, **values)
     if changed != 1:
         status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
         if status is None:
             raise CampaignStateError(gettext("There is no campaign {id}.").format(id=campaign_id))
-        raise CampaignStateError(
-            gettext("A campaign cannot be {action} while it is {status}.").format(
-                action=action, status=Campaign.Status(status).label
-            )
-        )
+        raise _refused(action, status)
 
 
 def campaign_launch(*, campaign_id: int, now: dt.datetime | None = None) -> int:
@@ -106,11 +117,7 @@ def campaign_launch(*, campaign_id: int, now: dt.datetime | None = None) -> int:
     now = now or timezone.now()
     campaign = Campaign.objects.get(pk=campaign_id)
     if campaign.status != Campaign.Status.DRAFT:
-        raise CampaignStateError(
-            gettext("A campaign cannot be {action} while it is {status}.").format(
-                action=gettext("launched"), status=campaign.get_status_display()
-            )
-        )
+        raise _refused("launch", campaign.status)
     if not (campaign.send_mail or campaign.send_inapp):
         raise CampaignStateError(gettext("Choose at least one channel: mail or in-app."))
     if campaign.expires_at and campaign.expires_at <= now:
@@ -121,17 +128,13 @@ def campaign_launch(*, campaign_id: int, now: dt.datetime | None = None) -> int:
         # Locks out a concurrent launch until this one has committed or rolled back.
         locked = Campaign.objects.select_for_update().get(pk=campaign_id)
         if locked.status != Campaign.Status.DRAFT:
-            raise CampaignStateError(
-                gettext("A campaign cannot be {action} while it is {status}.").format(
-                    action=gettext("launched"), status=locked.get_status_display()
-                )
-            )
+            raise _refused("launch", locked.status)
         created = deliveries_create(campaign=locked)
         _transition(
             campaign_id,
             allowed=(Campaign.Status.DRAFT,),
             to=Campaign.Status.SCHEDULED if starts_later else Campaign.Status.RUNNING,
-            action=gettext("launched"),
+            action="launch",
             launched_at=now,
         )
         if not starts_later:
@@ -168,7 +171,10 @@ def deliveries_create(*, campaign: Campaign) -> int:
     them. Existing deliveries are left alone, so this never creates one twice."""
     channels = [
         channel
-        for channel, wanted in ((Delivery.Channel.MAIL, campaign.send_mail), (Delivery.Channel.INAPP, campaign.send_inapp))
+        for channel, wanted in (
+            (Delivery.Channel.MAIL, campaign.send_mail),
+            (Delivery.Channel.INAPP, campaign.send_inapp),
+        )
         if wanted
     ]
     skip_objected = campaign.objected_policy == ObjectedPolicy.SKIP
@@ -200,7 +206,9 @@ def _deliveries_create_orm(campaign: Campaign, channels: list[str], skip_objecte
     suppressed_subjects = set(Suppression.objects.exclude(subject_id="").values_list("subject_id", flat=True))
     suppressed_emails = set(Suppression.objects.exclude(email="").values_list("email", flat=True))
     objected = dict(
-        ObjectionState.objects.filter(purpose_id=campaign.purpose_id, objected=True).values_list("subject_id", "received_at")
+        ObjectionState.objects.filter(purpose_id=campaign.purpose_id, objected=True).values_list(
+            "subject_id", "received_at"
+        )
     )
     before = Delivery.objects.filter(campaign=campaign).count()
     batch = []
@@ -208,7 +216,9 @@ def _deliveries_create_orm(campaign: Campaign, channels: list[str], skip_objecte
         objected_at = objected.get(recipient.subject_id)
         for channel in channels:
             if channel == Delivery.Channel.MAIL and (
-                not recipient.email or recipient.subject_id in suppressed_subjects or recipient.email in suppressed_emails
+                not recipient.email
+                or recipient.subject_id in suppressed_subjects
+                or recipient.email in suppressed_emails
             ):
                 continue
             batch.append(
@@ -234,7 +244,7 @@ def campaign_pause(*, campaign_id: int, reason: str = "") -> None:
         campaign_id,
         allowed=(Campaign.Status.RUNNING,),
         to=Campaign.Status.PAUSED,
-        action=gettext("paused"),
+        action="pause",
         pause_reason=reason[:300],
     )
 
@@ -247,7 +257,7 @@ def campaign_resume(*, campaign_id: int) -> None:
             campaign_id,
             allowed=(Campaign.Status.PAUSED,),
             to=Campaign.Status.RUNNING,
-            action=gettext("resumed"),
+            action="resume",
             pause_reason="",
         )
         transaction.on_commit(lambda: dispatch_enqueue(campaign_id=campaign_id))
@@ -262,7 +272,7 @@ def campaign_cancel(*, campaign_id: int, now: dt.datetime | None = None) -> int:
             campaign_id,
             allowed=(Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.RUNNING, Campaign.Status.PAUSED),
             to=Campaign.Status.CANCELLED,
-            action=gettext("cancelled"),
+            action="cancel",
             ended_at=now,
         )
         cancelled = Delivery.objects.filter(

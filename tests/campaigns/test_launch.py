@@ -91,7 +91,7 @@ def test_it_launches_a_campaign_once(purpose):
     assert campaign_launch(campaign_id=campaign.pk) == 4
     Recipient.objects.create(subject_id="late", email="late@example.com", language="en", country="IE")
 
-    with pytest.raises(CampaignStateError, match="cannot be launched while it is running"):
+    with pytest.raises(CampaignStateError, match="cannot be launched while its status is “running”"):
         campaign_launch(campaign_id=campaign.pk)
     assert Delivery.objects.count() == 4
 
@@ -112,7 +112,10 @@ def test_it_schedules_a_campaign_that_starts_later_and_the_tick_starts_it(purpos
     campaign.refresh_from_db()
     assert campaign.status == "completed"
     assert sorted(message.to[0] for message in mail.outbox) == [
-        "a@example.com", "b@example.com", "c@example.com", "d@example.com",
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "d@example.com",
     ]
 
 
@@ -120,13 +123,13 @@ def test_it_schedules_a_campaign_that_starts_later_and_the_tick_starts_it(purpos
 def test_it_moves_only_through_allowed_transitions(purpose):
     _audience()
     campaign = make_campaign(purpose)
-    with pytest.raises(CampaignStateError, match="cannot be paused while it is draft"):
+    with pytest.raises(CampaignStateError, match="cannot be paused while its status is “draft”"):
         campaign_pause(campaign_id=campaign.pk)
     campaign_launch(campaign_id=campaign.pk)
-    with pytest.raises(CampaignStateError, match="cannot be resumed while it is running"):
+    with pytest.raises(CampaignStateError, match="cannot be resumed while its status is “running”"):
         campaign_resume(campaign_id=campaign.pk)
     campaign_pause(campaign_id=campaign.pk)
-    with pytest.raises(CampaignStateError, match="cannot be paused while it is paused"):
+    with pytest.raises(CampaignStateError, match="cannot be paused while its status is “paused”"):
         campaign_pause(campaign_id=campaign.pk)
     campaign_resume(campaign_id=campaign.pk)
 
@@ -136,7 +139,7 @@ def test_it_moves_only_through_allowed_transitions(purpose):
     assert set(Delivery.objects.values_list("status", flat=True)) == {"cancelled"}
     assert Recipient.objects.filter(last_campaign_ended_at=campaign.ended_at).count() == 4
     for action in (campaign_resume, campaign_pause, campaign_cancel):
-        with pytest.raises(CampaignStateError, match="while it is cancelled"):
+        with pytest.raises(CampaignStateError, match="while its status is “cancelled”"):
             action(campaign_id=campaign.pk)
 
 
