@@ -37,8 +37,9 @@ def _require_reader(request: HttpRequest) -> None:
 def dashboard(request: HttpRequest) -> HttpResponse:
     _require_reader(request)
     stats = dashboard_stats()
-    names = dict(Campaign.objects.filter(pk__in=stats.campaigns).values_list("pk", "name"))
-    statuses = dict(Campaign.objects.filter(pk__in=stats.campaigns).values_list("pk", "status"))
+    counted = stats.campaigns if stats else {}
+    names = dict(Campaign.objects.filter(pk__in=counted).values_list("pk", "name"))
+    statuses = dict(Campaign.objects.filter(pk__in=counted).values_list("pk", "status"))
     campaign_rows = [
         {
             "id": pk,
@@ -51,13 +52,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "complaint_rate": percent_text(mail.complaint_rate, 2),
             "warning": mail.bounce_warning or mail.complaint_warning,
         }
-        for pk, (counts, mail) in sorted(stats.campaigns.items(), reverse=True)
+        for pk, (counts, mail) in sorted(counted.items(), reverse=True)
     ]
     context = {
         **admin.site.each_context(request),
         "title": _("Dashboard: all campaigns"),
         "campaign_rows": campaign_rows,
-        **_figures(stats),
+        **(_figures(stats) if stats else {}),
     }
     return TemplateResponse(request, "campaigns/dashboard/overall.html", context)
 
@@ -71,7 +72,7 @@ def campaign_dashboard(request: HttpRequest, campaign_id: int) -> HttpResponse:
         "title": _("Dashboard: {campaign}").format(campaign=campaign.name),
         "campaign": campaign,
         "opts": Campaign._meta,
-        **_figures(stats),
+        **(_figures(stats) if stats else {}),
     }
     return TemplateResponse(request, "campaigns/dashboard/campaign.html", context)
 
@@ -168,7 +169,7 @@ def _figures(stats: Stats) -> dict:
         "countries": countries,
         "reach_chart": charts.bar_chart(
             chart_id="chart-reach",
-            title=_("Reach per country (% of the audience)"),
+            title=_("Reach per country (share of the audience, %)"),
             bars=[Bar(r["name"], r["reach_value"], f"{r['reach']} %") for r in countries],
             maximum=100,
         ),

@@ -4,8 +4,8 @@ and mail health of one campaign or of all of them.
 Counting 1,000,000 deliveries per person takes seconds, so a page never counts: it shows
 a snapshot kept in the cache with the time it was taken (`Stats.as_of`). A snapshot older
 than DEMUR_DASHBOARD_MAX_AGE seconds is shown as it is while a Celery task
-(campaigns.dashboard_refresh) takes a new one; only a campaign nobody has looked at yet
-is counted in the request itself. The report (campaigns/report.py) always counts afresh.
+(campaigns.dashboard_refresh) takes a new one; a dashboard with no snapshot yet says that
+its first count is under way. The report (campaigns/report.py) always counts afresh.
 
 The counting runs in one read-only REPEATABLE READ transaction on PostgreSQL (unless
 called inside one already), so the
@@ -141,23 +141,33 @@ def stats_cache_key(campaign_id: int | None) -> str:
     return f"demur:dashboard:v{_CACHE_VERSION}:{database}:{scope}"
 
 
-def dashboard_stats(*, campaign_id: int | None = None) -> Stats:
-    """What the dashboard shows: the cached snapshot, refreshed in the background when
-    older than DEMUR_DASHBOARD_MAX_AGE; counted now if there is none."""
-    stats = cache.get(stats_cache_key(campaign_id))
-    if stats is None:
-        return stats_refresh(campaign_id=campaign_id)
-    if stats.stale and cache.add(_lock_key(campaign_id), 1, timeout=settings.DEMUR_DASHBOARD_MAX_AGE):
-        from campaigns.tasks import dashboard_refresh_task
-
-        transaction.on_commit(lambda: dashboard_refresh_task.delay(campaign_id))
+def dashboard_stats(*, campaign_id: int | None = None) -> Stats | None:
+    """What the dashboard shows: the cached snapshot, counted again in the background
+    when older than DEMUR_DASHBOARD_MAX_AGE. None while the first count runs: a web
+    worker never counts (at 10,000,000 deliveries that would outlast its timeout)."""
+    key = stats_cache_key(campaign_id)
+    stats = cache.get(key)
+    if stats is None or stats.stale:
+        _recount_later(campaign_id)
+        # With tasks run eagerly (the quick start) the count has just been made.
+        stats = stats or cache.get(key)
     return stats
 
 
+def _recount_later(campaign_id: int | None) -> None:
+    """Enqueue one count per dashboard at a time. The mark expires, so a count lost with
+    its worker or broker is asked for again by a later view."""
+    if cache.add(_lock_key(campaign_id), 1, timeout=5 * settings.DEMUR_DASHBOARD_MAX_AGE):
+        from campaigns.tasks import dashboard_refresh_task
+
+        transaction.on_commit(lambda: dashboard_refresh_task.delay(campaign_id))
+
+
 def stats_refresh(*, campaign_id: int | None = None) -> Stats:
-    """Count now and keep the snapshot (a day at most: a page counts again past that)."""
+    """Count now and keep the snapshot for a week (a view past its maximum age asks for a
+    new count anyway; the week only bounds what an idle cache keeps)."""
     stats = campaign_stats(campaign_id=campaign_id)
-    cache.set(stats_cache_key(campaign_id), stats, timeout=24 * 3600)
+    cache.set(stats_cache_key(campaign_id), stats, timeout=7 * 24 * 3600)
     cache.delete(_lock_key(campaign_id))
     return stats
 

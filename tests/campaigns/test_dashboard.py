@@ -47,6 +47,21 @@ def viewer() -> Client:
     return _client("val", group="Privacy viewer")
 
 
+@pytest.fixture
+def read(django_capture_on_commit_callbacks):
+    """The dashboard's HTML once counted: the first view asks for the count (run at once:
+    without a broker Celery tasks are eager), the second shows it."""
+
+    def get(client: Client, url: str) -> str:
+        with django_capture_on_commit_callbacks(execute=True):
+            client.get(url)
+        response = client.get(url)
+        assert response.status_code == 200
+        return _dashboard_part(response.content.decode())
+
+    return get
+
+
 def _dashboard_part(html: str) -> str:
     """The page's own content, without the admin's frame."""
     return html[html.index('<div class="demur-dashboard">') : html.index("<!-- END Content -->")]
@@ -95,11 +110,9 @@ def test_it_counts_objections_per_day_and_the_time_to_effect(campaign):
     assert (stats.effect.count, stats.effect.median, stats.effect.maximum) == (2, 60.0, 90.0)
 
 
-def test_a_viewer_reads_the_campaign_dashboard_with_charts_and_tables(campaign, viewer):
-    response = viewer.get(reverse("admin:demur-campaign-dashboard", args=[campaign.pk]))
+def test_a_viewer_reads_the_campaign_dashboard_with_charts_and_tables(campaign, viewer, read):
+    html = read(viewer, reverse("admin:demur-campaign-dashboard", args=[campaign.pk]))
 
-    assert response.status_code == 200
-    html = _dashboard_part(response.content.decode())
     assert _row(html, "Audience") == ["7", "100.0"]
     assert _row(html, "Delivered or shown") == ["4", "57.1"]
     assert _row(html, "Objected") == ["2", "28.6"]
@@ -108,18 +121,18 @@ def test_a_viewer_reads_the_campaign_dashboard_with_charts_and_tables(campaign, 
     assert _row(html, "Bounce rate (%)") == ["20.00"]
     # Charts are inline SVG with a title, a description and the figures as text.
     assert html.count("<svg") == 5  # funnel, reach, objections per country and language, over time
-    assert '<title id="chart-reach-title">Reach per country (% of the audience)</title>' in html
+    assert '<title id="chart-reach-title">Reach per country (share of the audience, %)</title>' in html
     assert re.search(r'<text class="value"[^>]*>66.7 %</text>', html)
     # Nothing a strict CSP would block: no inline script, no style attribute.
     assert "<script" not in html and "style=" not in html
     assert "Figures as of" in html
 
 
-def test_it_warns_only_past_the_thresholds(campaign, viewer, settings):
+def test_it_warns_only_past_the_thresholds(campaign, viewer, read, settings):
     url = reverse("admin:demur-campaign-dashboard", args=[campaign.pk])
     settings.DEMUR_COMPLAINT_RATE_WARNING = 34  # the campaign is at 33.3 %
     settings.DEMUR_BOUNCE_RATE_WARNING = 21  # at 20 %
-    html = viewer.get(url).content.decode()
+    html = read(viewer, url)
     assert "Spam complaints are at" not in html and "Bounces are at" not in html
 
     settings.DEMUR_COMPLAINT_RATE_WARNING = 33
@@ -129,12 +142,10 @@ def test_it_warns_only_past_the_thresholds(campaign, viewer, settings):
     assert "Bounces are at 20.00 % of sent mails, past the warning level of 20.00 %" in html
 
 
-def test_the_overall_dashboard_lists_campaigns_and_adds_them_up(campaign, purpose, viewer):
+def test_the_overall_dashboard_lists_campaigns_and_adds_them_up(campaign, purpose, viewer, read):
     other = build_other_campaign(purpose)
-    response = viewer.get(reverse("admin:demur-dashboard"))
+    html = read(viewer, reverse("admin:demur-dashboard"))
 
-    assert response.status_code == 200
-    html = _dashboard_part(response.content.decode())
     assert reverse("admin:demur-campaign-dashboard", args=[campaign.pk]) in html
     assert reverse("admin:demur-campaign-dashboard", args=[other.pk]) in html
     assert _row(html, "Audience") == ["8", "100.0"]  # 7 + 1: a person per campaign
@@ -155,11 +166,26 @@ def build_other_campaign(purpose):
     return other
 
 
-def test_it_shows_the_snapshot_until_it_is_stale_then_counts_again(
-    campaign, viewer, settings, django_capture_on_commit_callbacks
+def test_the_first_view_asks_for_one_count_and_the_page_never_counts(
+    campaign, viewer, django_capture_on_commit_callbacks
 ):
     url = reverse("admin:demur-campaign-dashboard", args=[campaign.pk])
-    assert _row(_dashboard_part(viewer.get(url).content.decode()), "Clicked") == ["1", "14.3"]
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = _dashboard_part(viewer.get(url).content.decode())
+        second = _dashboard_part(viewer.get(url).content.decode())
+
+    assert "The figures are being counted for the first time" in first and "Figures as of" not in first
+    assert "The figures are being counted for the first time" in second
+    assert len(callbacks) == 1  # one count asked for, not one per view
+    callbacks[0]()  # the task (eager without a broker)
+    assert _row(_dashboard_part(viewer.get(url).content.decode()), "Audience") == ["7", "100.0"]
+
+
+def test_it_shows_the_snapshot_until_it_is_stale_then_counts_again(
+    campaign, viewer, read, settings, django_capture_on_commit_callbacks
+):
+    url = reverse("admin:demur-campaign-dashboard", args=[campaign.pk])
+    assert _row(read(viewer, url), "Clicked") == ["1", "14.3"]
     Delivery.objects.filter(subject_id="b").update(clicked_at=T0)
 
     # Fresh snapshot: shown as it was, nothing enqueued.
@@ -221,3 +247,14 @@ def test_charts_escape_labels_and_scale_to_the_maximum():
     )
     assert "<polygon" in line and "Objections: 4 in all" not in line
     assert "Objections: 7 in all, at most 4 on" in line
+
+
+def test_a_campaign_not_launched_yet_shows_zeros_and_no_chart_of_days(purpose, viewer, read):
+    from tests.campaigns.factories import make_campaign
+
+    draft = make_campaign(purpose, name="Draft")
+    html = read(viewer, reverse("admin:demur-campaign-dashboard", args=[draft.pk]))
+
+    assert _row(html, "Audience") == ["0", "–"]
+    assert "No objection yet." in html and 'id="chart-time"' not in html
+    assert "Spam complaints are at" not in html
