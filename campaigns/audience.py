@@ -88,11 +88,13 @@ def audience_fields_clean(
         problems["email"] = _("email is empty")
     elif not _is_utf8(email):  # Django's validator passes a lone surrogate in the domain
         problems["email"] = _("{field} is not valid UTF-8 text").format(field="email")
-    elif len(email) > 254 or not _SIMPLE_EMAIL.fullmatch(email):
+    elif not _SIMPLE_EMAIL.fullmatch(email):
         try:
-            validate_email(email)
+            validate_email(email)  # accepts up to 320 characters; the column holds 254
         except ValidationError:
             problems["email"] = _("email {email!r} is not a valid address").format(email=email)
+    if "email" not in problems and len(email) > 254:
+        problems["email"] = _("email {email!r} is not a valid address").format(email=email)
     if language not in languages:
         problems["language"] = _("unknown language {language!r}").format(language=language)
     if country not in _COUNTRIES:
@@ -149,23 +151,58 @@ class _NeedsCarefulPath(Exception):
     pass
 
 
-# A deliberately narrow test: a row that passes it passes the Python validation too. Any
-# other row (a Unicode subject id, spaces to strip, "DE " or "De") sends the whole file
-# through the line-by-line path, which decides exactly and names every bad line.
-_FAST_CHECK_SQL = """
-SELECT count(*), count(*) FILTER (WHERE NOT coalesce(
-    subject_id ~ '^[A-Za-z0-9._:@+=/-]{1,128}$'
-    AND length(email) <= 254 AND email ~ %(email)s
-    AND language = ANY(%(languages)s::text[]) AND country = ANY(%(countries)s::text[]),
-    false))
-FROM audience_fast
+# The fast path's test of each line, as bytes: deliberately narrow, so that a line that
+# passes passes audience_fields_clean too. Any other line (quoted fields, a Unicode
+# subject id, spaces to strip, "DE " or "De", a blank line) sends the whole file
+# through the line-by-line path, which decides exactly and names every bad line. The
+# email's 254 characters are bounded by refusing lines longer than that. Checked in
+# Python while PostgreSQL parses the same bytes for COPY: the same test in SQL cost as
+# much as the insert (PostgreSQL's regex engine unrolls {1,128} and {2,63} into states).
+_FAST_LINE_MAX = 254
+_FAST_FIELDS = {
+    "subject_id": rb"[A-Za-z0-9._:@+=/-]{1,128}",
+    "email": rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}",
+}
+
+
+def _fast_line_pattern(header: list[str]) -> re.Pattern[bytes]:
+    fields = {
+        **_FAST_FIELDS,
+        "language": b"(?:" + b"|".join(code.encode() for code in sorted(_languages())) + b")",
+        "country": b"(?:" + b"|".join(code.encode() for code in sorted(_COUNTRIES)) + b")",
+    }
+    return re.compile(b",".join(fields[name] for name in header) + rb"\r?")
+
+
+def _fast_lines_ok(pattern: re.Pattern[bytes], lines: list[bytes]) -> bool:
+    return max(map(len, lines), default=0) <= _FAST_LINE_MAX and all(map(pattern.fullmatch, lines))
+
+
+# New subjects by a plain INSERT and changed ones by an UPDATE: INSERT ... ON CONFLICT
+# inserts each row speculatively and took 1.7x as long for a million new recipients.
+# Both are correct only for a file without duplicates (checked above). A subject that
+# another writer adds meanwhile makes the INSERT fail, and the file then takes the
+# careful path, whose upsert settles such races.
+_UPDATE_CHANGED_SQL = """
+UPDATE campaigns_recipient r SET
+    email = s.email, language = s.language, country = s.country,
+    updated_at = %(now)s, email_erased_at = NULL
+FROM audience_fast s
+WHERE r.subject_id = s.subject_id
+  AND (r.email, r.language, r.country) IS DISTINCT FROM (s.email, s.language, s.country)
+"""
+_INSERT_NEW_SQL = """
+INSERT INTO campaigns_recipient (subject_id, email, language, country, created_at, updated_at)
+SELECT subject_id, email, language, country, %(now)s, %(now)s FROM audience_fast s
+WHERE NOT EXISTS (SELECT FROM campaigns_recipient r WHERE r.subject_id = s.subject_id)
 """
 
 
 def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> AudienceReport | None:
-    """The whole file through PostgreSQL's own CSV parser (COPY), one set-based check and
-    the upsert. None when any line needs the careful path (a bad or unusual line, a
-    subject given twice, a malformed CSV): nothing has been written then."""
+    """The whole file through PostgreSQL's own CSV parser (COPY), checked line by line on
+    the way and for duplicates once loaded, then an UPDATE and an INSERT. None when any
+    line needs the careful path (a bad or unusual line, a subject given twice, a
+    malformed CSV): nothing has been written then."""
     with open(path, "rb") as handle:
         try:
             header = next(csv.reader([handle.readline().decode("utf-8-sig")]))
@@ -174,31 +211,40 @@ def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> 
         header = [name.strip().lower() for name in header]
         if sorted(header) != sorted(COLUMNS):
             return None
+        pattern = _fast_line_pattern(header)
         report = AudienceReport()
+        now = timezone.now()
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 pg = cursor.cursor
                 pg.execute("DROP TABLE IF EXISTS pg_temp.audience_fast")
                 pg.execute("CREATE TEMP TABLE audience_fast (subject_id text, email text, language text, country text)")
                 with pg.copy(f"COPY audience_fast ({', '.join(header)}) FROM STDIN (FORMAT csv)") as copy:
+                    tail = b""
                     while chunk := handle.read(1 << 20):
                         copy.write(chunk)
+                        lines = (tail + chunk).split(b"\n")
+                        tail = lines.pop()
+                        report.rows += len(lines)
+                        if not _fast_lines_ok(pattern, lines):
+                            raise _NeedsCarefulPath
                         if progress:
                             progress(len(chunk))
-                pg.execute(
-                    _FAST_CHECK_SQL,
-                    {
-                        "email": f"^{_SIMPLE_EMAIL.pattern}$",
-                        "languages": sorted(_languages()),
-                        "countries": sorted(_COUNTRIES),
-                    },
-                )
-                report.rows, bad = pg.fetchone()
-                if bad or not report.rows:
+                    if tail:
+                        report.rows += 1
+                        if not _fast_lines_ok(pattern, [tail]):
+                            raise _NeedsCarefulPath
+                if not report.rows:
                     raise _NeedsCarefulPath
+                # The UPDATE below would apply one of two rows for the same subject unnoticed.
                 pg.execute("SET LOCAL work_mem = '256MB'")
-                pg.execute(_UPSERT_SQL.replace("audience_staging", "audience_fast"), {"now": timezone.now()})
-                report.created, report.updated = pg.fetchone()
+                pg.execute("SELECT count(*) - count(DISTINCT subject_id) FROM audience_fast")
+                if pg.fetchone()[0]:
+                    raise _NeedsCarefulPath
+                pg.execute(_UPDATE_CHANGED_SQL, {"now": now})
+                report.updated = pg.rowcount
+                pg.execute(_INSERT_NEW_SQL, {"now": now})
+                report.created = pg.rowcount
                 pg.execute("DROP TABLE pg_temp.audience_fast")
         except (_NeedsCarefulPath, psycopg.Error):
             return None

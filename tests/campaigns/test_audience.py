@@ -4,10 +4,14 @@ erases the email after the last campaign and keeps everything else."""
 from __future__ import annotations
 
 import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, connections
 from django.utils import timezone
 
 from campaigns.audience import audience_import, recipients_erase_expired
@@ -86,8 +90,20 @@ def test_it_reports_through_the_command(tmp_path):
 def test_it_erases_the_email_only_after_the_retention_period(settings):
     settings.DEMUR_RECIPIENT_RETENTION_DAYS = 30
     now = timezone.now()
-    Recipient.objects.create(subject_id="old", email="old@example.com", language="en", country="IE", last_campaign_ended_at=now - dt.timedelta(days=31))
-    Recipient.objects.create(subject_id="recent", email="new@example.com", language="en", country="IE", last_campaign_ended_at=now - dt.timedelta(days=29))
+    Recipient.objects.create(
+        subject_id="old",
+        email="old@example.com",
+        language="en",
+        country="IE",
+        last_campaign_ended_at=now - dt.timedelta(days=31),
+    )
+    Recipient.objects.create(
+        subject_id="recent",
+        email="new@example.com",
+        language="en",
+        country="IE",
+        last_campaign_ended_at=now - dt.timedelta(days=29),
+    )
     Recipient.objects.create(subject_id="never", email="never@example.com", language="en", country="IE")
 
     assert recipients_erase_expired(now=now) == 1
@@ -118,3 +134,75 @@ def test_it_imports_unusual_but_valid_lines_and_names_a_lone_duplicate(tmp_path)
     report = audience_import(duplicate)
     assert report.errors == ["line 4: subject_id 'u1' is also on line 2."]
     assert Recipient.objects.count() == 2
+
+
+def test_it_refuses_a_subject_given_twice_who_is_already_in_the_audience(tmp_path):
+    Recipient.objects.create(subject_id="u1", email="old@example.com", language="en", country="IE")
+    path = _csv(tmp_path, "subject_id,email,language,country\nu1,a@example.com,de,DE\nu1,b@example.com,fr,FR\n")
+
+    report = audience_import(path)
+
+    assert report.errors == ["line 3: subject_id 'u1' is also on line 2."]
+    assert Recipient.objects.get().email == "old@example.com"
+
+
+def test_it_refuses_what_the_narrow_check_would_let_through_only_if_it_were_too_wide(tmp_path):
+    long_subject, long_tld = "s" * 129, "a@example." + "x" * 64
+    long_email = "a" * 64 + "@" + ".".join(["d" * 60] * 3) + "." + "x" * 10  # 256 characters
+    path = _csv(
+        tmp_path,
+        "subject_id,email,language,country\n"
+        f"{long_subject},a@example.com,de,DE\n"
+        f"u2,{long_tld},de,DE\n"
+        f"u3,{long_email},de,DE\n"
+        "u4,a@example.com,de,DE\n",
+    )
+
+    report = audience_import(path)
+
+    assert [error.split(":")[0] for error in report.errors] == ["line 2", "line 3", "line 4"]
+    assert not Recipient.objects.exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp_path):
+    """The fast path inserts new subjects without ON CONFLICT; when another transaction
+    adds one of them meanwhile, the file falls back to the upsert and nobody is lost."""
+    path = _csv(
+        tmp_path,
+        "subject_id,email,language,country\nu1,a@example.com,de,DE\nu2,b@example.com,de,DE\nu3,c@example.com,de,DE\n",
+    )
+    params = connection.get_connection_params()
+    other = psycopg.connect(**params)
+    watcher = psycopg.connect(**params, autocommit=True)  # sees activity as it changes
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO campaigns_recipient%'"
+    )
+    try:
+        other.execute(
+            "INSERT INTO campaigns_recipient (subject_id, email, language, country, created_at, updated_at) "
+            "VALUES ('u2', 'other@example.com', 'en', 'IE', now(), now())"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(lambda: (audience_import(path), connections.close_all())[0])
+            try:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(waiting).fetchone()[0]:
+                    assert time.monotonic() < deadline and not running.done(), "the import never met the other writer"
+                    time.sleep(0.05)
+                other.commit()
+            finally:
+                other.close()  # lets a stuck import go on whatever happened
+            report = running.result(timeout=60)
+    finally:
+        other.close()
+        watcher.close()
+
+    assert report.ok and (report.created, report.updated) == (2, 1)
+    assert dict(Recipient.objects.values_list("subject_id", "email")) == {
+        "u1": "a@example.com",
+        "u2": "b@example.com",
+        "u3": "c@example.com",
+    }

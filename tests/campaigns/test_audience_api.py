@@ -3,10 +3,13 @@ request, all or nothing, with the file import's rules (campaigns.audience)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
+from django.utils import timezone
 
+from campaigns.audience import recipients_erase_expired
 from campaigns.models import Recipient
 from optout.models import ApiClient
 
@@ -162,3 +165,22 @@ def test_the_schema_documents_the_endpoint(client):
     recipients = schema["components"]["schemas"][ref]["properties"]["recipients"]
     assert recipients["maxItems"] == 10_000
     assert recipients["items"]["required"] == ["subject_id", "email", "language", "country"]
+
+
+def test_a_sync_keeps_the_retention_clock_and_an_erased_address_comes_back_only_when_sent(client, key, settings):
+    settings.DEMUR_RECIPIENT_RETENTION_DAYS = 30
+    ended = timezone.now() - dt.timedelta(days=31)
+    Recipient.objects.create(last_campaign_ended_at=ended, **_recipient(1))
+
+    assert _post(client, {"recipients": [_recipient(1)]}, key).json()["unchanged"] == 1
+    assert recipients_erase_expired() == 1
+
+    recipient = Recipient.objects.get()
+    assert (recipient.email, recipient.last_campaign_ended_at) == ("", ended)
+    assert _post(client, {"recipients": [_recipient(1)]}, key).json()["updated"] == 1
+    recipient.refresh_from_db()
+    assert (recipient.email, recipient.email_erased_at, recipient.last_campaign_ended_at) == (
+        "user1@example.org",
+        None,
+        ended,
+    )
