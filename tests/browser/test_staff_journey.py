@@ -24,7 +24,7 @@ from django_otp.oath import totp  # noqa: E402
 
 from campaigns.models import Campaign, Delivery, Recipient  # noqa: E402
 from optout.models import AuditEntry, ObjectionEvent  # noqa: E402
-from tests.browser.chromium import SCREENSHOTS, launch_chromium  # noqa: E402
+from tests.browser.chromium import SCREENSHOTS, axe_violations, launch_chromium  # noqa: E402
 
 # serialized_rollback: the roles and the default purpose come from data migrations,
 # which a transactional test's flush would otherwise leave empty for the next one.
@@ -124,6 +124,7 @@ def test_privacy_staff_run_a_campaign_from_the_admin(browser, live_server, setti
     reader = context.new_page()
     reader.goto(test_link)
     assert "Dies ist eine Testmitteilung" in reader.content() or "This is a test notice" in reader.content()
+    assert axe_violations(reader) == []
     reader.close()
     assert not ObjectionEvent.objects.exists()  # the test mail's link records nothing
 
@@ -134,6 +135,7 @@ def test_privacy_staff_run_a_campaign_from_the_admin(browser, live_server, setti
     assert page.inner_text("#launch-mail") == "4"
     campaign.refresh_from_db()
     assert campaign.status == "draft"  # the confirmation page changed nothing
+    assert axe_violations(page) == []
     _shot(page, "launch-confirmation")
     page.click("#confirm-launch")
     page.get_by_text("Deliveries created: 4.").wait_for()
@@ -143,6 +145,10 @@ def test_privacy_staff_run_a_campaign_from_the_admin(browser, live_server, setti
     progress.get_by_text("4 of 4 done").wait_for()
     assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 4
     assert page.locator(".campaign-control-launch").count() == 0
+    panel = context.new_page()
+    panel.goto(f"{site}/admin/campaigns/campaign/{campaign.pk}/progress/")
+    assert axe_violations(panel) == []
+    panel.close()
     _shot(page, "campaign-running")
 
     # A person objects from the link in the notice they received.
