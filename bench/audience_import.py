@@ -111,9 +111,14 @@ def main() -> None:
         path = Path(tmp) / "audience.csv"
         write_csv(path, args.rows)
         print(f"{args.rows:,} rows, {path.stat().st_size / 1e6:.0f} MB CSV; {args.repeats} repeats each")
-        psql(url, "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (subject_id text, email text, language text, country text)")
+        psql(
+            url,
+            "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (subject_id text, email text, language text, country text)",
+        )
         copy_median, copy_all = median_seconds(
-            lambda: subprocess.run(["psql", "-q", url, "-c", f"\\copy bench_bare FROM '{path}' CSV HEADER"], check=True),
+            lambda: subprocess.run(
+                ["psql", "-q", url, "-c", f"\\copy bench_bare FROM '{path}' CSV HEADER"], check=True
+            ),
             repeats=args.repeats,
             before=lambda: psql(url, "TRUNCATE bench_bare"),
         )
@@ -125,7 +130,9 @@ def main() -> None:
         )
         count = int(psql(url, "SELECT count(*) FROM campaigns_recipient"))
         assert count == args.rows, f"expected {args.rows} recipients, found {count}"
-        reimport_median, _ = median_seconds(lambda: outputs.append(manage("import_audience", str(path), env=env).stdout.strip()), repeats=1)
+        reimport_median, _ = median_seconds(
+            lambda: outputs.append(manage("import_audience", str(path), env=env).stdout.strip()), repeats=1
+        )
         psql(url, "DROP TABLE bench_bare")
         breakdown = stages(path, url)
 
