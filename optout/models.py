@@ -56,7 +56,8 @@ class ObjectionEvent(models.Model):
     """One objection or withdrawal. Rows are never updated or deleted: on PostgreSQL a
     trigger rejects UPDATE, DELETE and TRUNCATE (migration 0002).
 
-    `xid` is the writing transaction's id, stamped by a trigger on PostgreSQL; the change
+    `xid` is the writing transaction's id: on PostgreSQL the column's default, and a
+    trigger corrects any row that arrives with another value (migration 0008); the change
     feed reads only below the oldest running transaction and pages on (xid, id), so an
     event that commits late is never skipped (optout.selectors.feed_page).
 
@@ -137,7 +138,15 @@ class ObjectionState(models.Model):
     the next link in the subject's chain."""
 
     subject_id = models.CharField(_("subject id"), max_length=128)
-    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, db_index=False, verbose_name=_("purpose"))
+    # No database constraint on this key and on last_event: checking them cost the import
+    # a trigger call per row each (about a third of its database time with the event's
+    # own). Every state row is written with its event, whose foreign key keeps the
+    # purpose from being deleted; events are never deleted (migration 0002), and
+    # verify_ledger checks that each state points at the last event of its chain.
+    # Django's on_delete=PROTECT still guards deletes made through the ORM.
+    purpose = models.ForeignKey(
+        Purpose, on_delete=models.PROTECT, db_index=False, db_constraint=False, verbose_name=_("purpose")
+    )
     objected = models.BooleanField(_("objected"), default=False)
     source = models.CharField(_("source"), max_length=16, choices=Source.choices, blank=True)
     received_at = models.DateTimeField(_("received at"), null=True)
@@ -149,6 +158,7 @@ class ObjectionState(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
         verbose_name=_("last event"),
     )
     head_hash = models.CharField(_("head hash"), max_length=64, blank=True)

@@ -64,6 +64,61 @@ def test_it_skips_people_who_already_object(purpose, write_csv):
     assert ObjectionState.objects.get(subject_id="u2").receipt == existing.receipt
 
 
+# Only the forms PostgreSQL's COPY path takes as they are (see optout.imports): a file
+# like this one goes through COPY; one more line with a Unicode subject id sends the whole
+# file through the line-by-line path. Both must write the same ledger.
+PLAIN = (
+    "subject_id,purpose,received_at,source,email\n"
+    "u1,ai-training,2025-04-20T10:00:00Z,web-form,one@example.com\n"
+    "u2,ai-training,2025-04-21,email-link,\n"
+    "u1,ai-training,2025-04-19T09:00:00Z,in-app,\n"
+    "u3,ai-training,2025-04-19T09:00:00Z,gpc,\n"
+    "u3,ai-training,2025-04-19T09:00:00Z,api,three@example.org\n"
+)
+
+
+@pytest.mark.parametrize("extra", ["", "müller,ai-training,2025-04-22,web-form,\n"], ids=["copy", "line-by-line"])
+def test_both_import_paths_write_the_same_events(purpose, write_csv, capsys, extra):
+    call_command("import_objections", str(write_csv(PLAIN + extra)))
+
+    events = {
+        e.subject_id: (e.received_at.isoformat(), e.effective_at.isoformat(), e.source, e.email, e.action)
+        for e in ObjectionEvent.objects.all()
+    }
+    assert events.pop("müller", None) == (
+        ("2025-04-22T00:00:00+00:00", "2025-04-22T00:00:00+00:00", "web-form", "", "objected") if extra else None
+    )
+    assert events == {
+        "u1": ("2025-04-19T09:00:00+00:00", "2025-04-19T09:00:00+00:00", "in-app", "", "objected"),
+        "u2": ("2025-04-21T00:00:00+00:00", "2025-04-21T00:00:00+00:00", "email-link", "", "objected"),
+        "u3": ("2025-04-19T09:00:00+00:00", "2025-04-19T09:00:00+00:00", "gpc", "", "objected"),  # first line of a tie
+    }
+    states = {s.subject_id: (s.objected, s.receipt, s.last_event.receipt) for s in ObjectionState.objects.all()}
+    assert all(objected and receipt == last for objected, receipt, last in states.values())
+    assert all(e.uuid.version == 7 for e in ObjectionEvent.objects.all())
+    assert ledger_verify().problems == []
+    rows = 6 if extra else 5
+    imported = 4 if extra else 3
+    assert (
+        f"{rows} rows read: {imported} objections imported, 0 already recorded, 2 duplicates" in capsys.readouterr().out
+    )
+
+
+def test_a_line_that_would_end_copy_early_is_named_not_cut_off(purpose, write_csv, capsys):
+    """COPY's CSV reader stops at a line holding only \\. ; the rows after it must not be lost."""
+    content = (
+        "subject_id,purpose,received_at,source\n"
+        "u1,ai-training,2025-02-03,web-form\n"
+        "\\.\n"
+        "u2,ai-training,2025-02-03,web-form\n"
+    )
+    with pytest.raises(CommandError, match="nothing was imported"):
+        call_command("import_objections", str(write_csv(content)))
+
+    assert "line 3: expected 4 fields, found 1." in capsys.readouterr().err
+    assert not ObjectionEvent.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

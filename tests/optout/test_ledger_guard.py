@@ -63,6 +63,30 @@ def test_every_event_is_stamped_with_its_transaction_id(ledger):
     assert ledger[0].xid < ledger[-1].xid or ledger[0].xid == ledger[-1].xid  # one test transaction
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("given", ["omitted", "null", "forged"])
+def test_a_missing_or_forged_transaction_id_is_replaced_by_the_writers(purpose, given):
+    """The feed's horizon is only sound if every row carries its writer's xid, whatever
+    the writer sends: the column default fills it in, the trigger corrects anything else."""
+    columns = (
+        "uuid, subject_id, email, purpose_id, action, source, reason, staff_user, received_at, "
+        "effective_at, recorded_at, receipt_code, prev_hash, hash"
+    )
+    values = "gen_random_uuid(), 'raw', '', %s, 'objected', 'api', '', '', now(), now(), now(), 1, '', ''"
+    params: list = [purpose.id]
+    if given != "omitted":
+        columns += ", xid"
+        values += ", %s"
+        params.append(None if given == "null" else 1)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO optout_objectionevent ({columns}) VALUES ({values}) RETURNING xid", params)
+        (stored,) = cursor.fetchone()
+        cursor.execute("SELECT pg_current_xact_id()::text::bigint")
+        (own,) = cursor.fetchone()
+
+    assert stored == own
+
+
 def test_verify_ledger_passes_an_intact_ledger(ledger, capsys):
     call_command("verify_ledger")
 
@@ -122,13 +146,22 @@ def test_the_sql_hash_equals_the_python_hash(subject_id, email, reason, campaign
     from optout.ledger import event_hash
 
     values = {
-        "prev_hash": "ab" * 32, "uuid": uuid.uuid4(), "subject_id": subject_id, "purpose": "ai-training",
-        "action": "objected", "source": "import",
+        "prev_hash": "ab" * 32,
+        "uuid": uuid.uuid4(),
+        "subject_id": subject_id,
+        "purpose": "ai-training",
+        "action": "objected",
+        "source": "import",
         "received_at": datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         "effective_at": datetime(2025, 4, 14, 13, 32, tzinfo=UTC),
         "recorded_at": datetime(2026, 11, 29, 0, 0, 0, 1, tzinfo=UTC),
-        "receipt_code": 16777215, "email": email, "reason": reason, "campaign_id": campaign_id,
-        "notice_version_id": None, "staff_user": "", "idempotency_key": key,
+        "receipt_code": 16777215,
+        "email": email,
+        "reason": reason,
+        "campaign_id": campaign_id,
+        "notice_version_id": None,
+        "staff_user": "",
+        "idempotency_key": key,
     }
     with connection.cursor() as cursor:
         cursor.execute(
