@@ -28,7 +28,14 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from campaigns.console import launch_estimate, progress_panel
 from campaigns.models import Campaign, Delivery
 from campaigns.notices import NoticeNotReady
-from campaigns.services import CampaignStateError, campaign_cancel, campaign_launch, campaign_pause, campaign_resume
+from campaigns.services import (
+    CampaignStateError,
+    campaign_cancel,
+    campaign_launch,
+    campaign_pause,
+    campaign_resume,
+    notice_versions_freeze,
+)
 from optout.models import AuditEntry
 from optout.services import audit_record
 
@@ -132,6 +139,10 @@ def control_view(model_admin, request: HttpRequest, campaign_id: int, action: st
     change_url = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
     if request.method == "POST":
         try:
+            if action == "launch" and campaign.status == S.DRAFT:
+                # Rendered before the transaction opens (idempotent; the launch finds the
+                # versions frozen), so it stays as short as the service's own.
+                notice_versions_freeze(campaign_id=campaign.pk)
             with transaction.atomic():
                 result = control.run(campaign.pk)
                 details = {"campaign": campaign.pk}
