@@ -318,6 +318,12 @@ def test_a_launched_campaign_links_to_its_dashboard_and_report(staff, purpose, a
     assert reverse("admin:demur-campaign-report", args=[campaign.pk, "csv"]) in page
 
 
+def test_the_campaign_list_links_to_the_overall_dashboard(viewer):
+    page = viewer.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
+
+    assert f'href="{reverse("admin:demur-dashboard")}"' in page
+
+
 def test_the_control_permission_belongs_to_privacy_staff_only():
     staff = Group.objects.get(name="Privacy staff").permissions.values_list("codename", flat=True)
     viewer = Group.objects.get(name="Privacy viewer").permissions.values_list("codename", flat=True)
