@@ -167,5 +167,27 @@ def test_privacy_staff_run_a_campaign_from_the_admin(browser, live_server, setti
     page.goto(f"{site}/admin/optout/objectionevent/?q=journey-1")
     assert event.receipt in page.inner_text("#result_list")
 
-    assert set(AuditEntry.objects.values_list("action", flat=True)) >= {"audience-import", "test-send", "launch"}
+    # The campaign's dashboard counts it; the regulator's report is exported as CSV and PDF.
+    page.goto(f"{site}/admin/campaigns/campaign/{campaign.pk}/change/")
+    page.click(".campaign-reports >> text=Dashboard")
+    objected = page.locator("#funnel tbody tr", has_text="Objected")
+    assert objected.locator("td").first.inner_text() == "1"
+    _shot(page, "dashboard")
+    page.go_back()
+    with page.expect_download() as csv_download:
+        page.click(".campaign-reports >> text=Report (CSV)")
+    report_csv = csv_download.value.path().read_text(encoding="utf-8")
+    assert campaign.name in report_csv and "journey" not in report_csv  # counts, no subject ids
+    with page.expect_download() as pdf_download:
+        page.click(".campaign-reports >> text=Report (PDF)")
+    pdf = SCREENSHOTS / "staff-report.pdf"
+    pdf_download.value.save_as(str(pdf))
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    viewer = context.new_page()
+    viewer.goto(pdf.as_uri())
+    viewer.wait_for_timeout(1500)
+    _shot(viewer, "report")
+
+    actions = set(AuditEntry.objects.values_list("action", flat=True))
+    assert actions >= {"audience-import", "test-send", "launch", "export"}
     context.close()
