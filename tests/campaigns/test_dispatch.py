@@ -19,6 +19,7 @@ from campaigns.dispatch import (
     campaigns_tick,
     deliveries_settle,
     dispatch_batch,
+    mails_per_write,
 )
 from campaigns.models import Campaign, Delivery, Recipient
 from campaigns.ratelimit import tokens_take
@@ -206,3 +207,9 @@ def test_it_cancels_the_mail_a_worker_held_when_the_campaign_was_cancelled(purpo
 
     assert set(Delivery.objects.values_list("status", flat=True)) == {"cancelled"}
     assert dispatch_batch(campaign_id=campaign.pk).more is False and sink.counts == {}
+
+
+def test_it_writes_outcomes_in_groups_of_about_ten_milliseconds_of_the_rate(settings):
+    settings.DEMUR_DISPATCH_GROUP = 10
+    # A slow campaign keeps one mail in flight; a fast one writes once per ten mails.
+    assert [mails_per_write(rate) for rate in (1, 50, 100, 101, 400, 1000, 1_000_000)] == [1, 1, 1, 2, 4, 10, 10]
