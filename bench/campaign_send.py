@@ -108,7 +108,6 @@ def main() -> None:
     )  # fmt: skip
 
     # Baseline: the same notices, rendered once per language, sent by a bare smtplib loop.
-    sink = start_sink(port)
     versions = [notice_build(campaign=campaign, language=language) for language in LANGUAGES]
     for version in versions:
         version.pk = 1  # unsaved; only the links read it
