@@ -11,9 +11,9 @@ from django.core import signing
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.models import Campaign, NoticeVersion, Suppression
+from campaigns.models import Suppression
 from optout.formatting import when
-from optout.links import BadLink, ExpiredLink, LinkClaims, objection_url, status_url
+from optout.links import BadLink, ExpiredLink, LinkClaims, objection_url
 from optout.models import EmailVerification, OutboxMessage, Purpose, Source
 from optout.outbox import outbox_add
 from optout.services import Receipt, objection_record, objection_withdraw, purpose_get
@@ -23,17 +23,6 @@ VERIFY_SALT = "demur.optout.verify"
 
 class UsedLink(BadLink):
     """A single-use link that was already used."""
-
-
-def _known_ids(claims: LinkClaims) -> tuple[int | None, int | None]:
-    """The campaign and notice version a token names, if they still exist."""
-    campaign_id = claims.campaign_id
-    if campaign_id is not None and not Campaign.objects.filter(id=campaign_id).exists():
-        campaign_id = None
-    version_id = claims.notice_version_id
-    if version_id is not None and not NoticeVersion.objects.filter(id=version_id).exists():
-        version_id = None
-    return campaign_id, version_id
 
 
 def purpose_cached(slug: str) -> Purpose | None:
@@ -52,46 +41,31 @@ def purpose_cached(slug: str) -> Purpose | None:
 _PURPOSES: dict[str, tuple[Purpose, float]] = {}
 
 
-def _receipt_mail(*, receipt: Receipt, purpose: Purpose, to: str, language: str) -> None:
-    if not to:
-        return
-    status_claims = LinkClaims(subject_id=receipt.subject_id, purpose=receipt.purpose, language=language, email=to)
-    objected = receipt.objected
-    outbox_add(
-        kind=OutboxMessage.Kind.RECEIPT if objected else OutboxMessage.Kind.WITHDRAWAL,
-        to=to,
-        language=language,
-        template="optout/mail/receipt" if objected else "optout/mail/withdrawal",
-        context={"receipt": receipt, "purpose": purpose, "status_url": status_url(status_claims), "when": when},
-        event_id=None,
-    )
-
-
 def link_object(
     *, claims: LinkClaims, purpose: Purpose, reason: str, language: str, source: str = Source.EMAIL_LINK
 ) -> Receipt:
-    """An objection from a signed link (a notice, or the status page of a receipt)."""
-    campaign_id, version_id = _known_ids(claims)
-    with transaction.atomic():
-        receipt = objection_record(
-            subject_id=claims.subject_id,
-            purpose=claims.purpose,
-            source=source,
-            reason=reason,
-            campaign_id=campaign_id,
-            notice_version_id=version_id,
-        )
-        if receipt.created:
-            _receipt_mail(receipt=receipt, purpose=purpose, to=claims.email, language=language)
-    return receipt
+    """An objection from a signed link (a notice, or the status page of a receipt), with
+    its confirmation mail when the link carries an address. On PostgreSQL one round trip."""
+    return objection_record(
+        subject_id=claims.subject_id,
+        purpose=claims.purpose,
+        source=source,
+        reason=reason,
+        campaign_id=claims.campaign_id,
+        notice_version_id=claims.notice_version_id,
+        confirm_to=claims.email,
+        confirm_language=language,
+    )
 
 
 def link_withdraw(*, claims: LinkClaims, purpose: Purpose, language: str) -> Receipt:
-    with transaction.atomic():
-        receipt = objection_withdraw(subject_id=claims.subject_id, purpose=claims.purpose, source=Source.EMAIL_LINK)
-        if receipt.created:
-            _receipt_mail(receipt=receipt, purpose=purpose, to=claims.email, language=language)
-    return receipt
+    return objection_withdraw(
+        subject_id=claims.subject_id,
+        purpose=claims.purpose,
+        source=Source.EMAIL_LINK,
+        confirm_to=claims.email,
+        confirm_language=language,
+    )
 
 
 def unsubscribe(*, claims: LinkClaims) -> None:
@@ -186,11 +160,11 @@ def verification_confirm(*, verification_id: int, language: str) -> Receipt:
             source=Source.WEB_FORM,
             email=email,
             reason=verification.reason,
+            confirm_to=email,
+            confirm_language=language,
         )
         verification.used_at = timezone.now()
         verification.save(update_fields=["used_at"])
-        if receipt.created:
-            _receipt_mail(receipt=receipt, purpose=verification.purpose, to=email, language=language)
     return receipt
 
 

@@ -3,15 +3,25 @@ transaction as what caused them, then sent by a Celery task enqueued on commit. 
 broker is down the row stays pending and the periodic sweep (optout.tasks) sends it
 later; recording an objection never waits on the broker or the mail provider.
 
+A receipt or withdrawal mail is a row that names its ledger event; the worker renders
+it from that (immutable) event when it sends it, and keeps what it sent on the row. A
+verification mail has no event and is rendered when it is written.
+
+Publishing to the broker happens on one background thread per process, which hands
+out whatever ids have queued up as one task: the page's answer never waits for it, and
+a busy process publishes once per batch instead of once per mail.
+
 A row is claimed with a conditional UPDATE (pending -> sending, exactly one row
 changed), so two workers, or a task and the sweep, never send the same mail twice.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
+import os
+import queue
 import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -21,7 +31,10 @@ from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 
-from optout.models import OutboxMessage
+from config.logs import request_id_var
+from optout.formatting import when
+from optout.links import LinkClaims, status_url
+from optout.models import ObjectionEvent, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +45,19 @@ MAX_ATTEMPTS = 5
 STALE_CLAIM = timedelta(minutes=15)
 
 
+# Templates of the mails that confirm a ledger event, by kind.
+EVENT_TEMPLATES = {
+    OutboxMessage.Kind.RECEIPT: "optout/mail/receipt",
+    OutboxMessage.Kind.WITHDRAWAL: "optout/mail/withdrawal",
+}
+# Most mails one published task carries, and how long (s) the relay waits for more
+# after the first: a sync web worker answers one request at a time, so without the wait
+# every batch would hold one mail, and each publish costs about as much CPU as the rest
+# of the objection's database work.
+BATCH = 100
+LINGER = 0.5
+
+
 def outbox_add(
     *,
     kind: str,
@@ -39,53 +65,141 @@ def outbox_add(
     language: str,
     template: str,
     context: dict,
-    event_id: int | None = None,
 ) -> OutboxMessage:
     """Render `templates/<template>_{subject,text,html}` in `language` and queue the mail.
 
     Call inside the transaction that writes what the mail confirms; the send is enqueued
     only once that transaction commits."""
-    with translation.override(language):
-        context = {**context, "language": language}
-        subject = " ".join(render_to_string(f"{template}_subject.txt", context).split())
-        body_text = render_to_string(f"{template}.txt", context)
-        body_html = render_to_string(f"{template}.html", context)
+    subject, body_text, body_html = _render(template, language, context)
     message = OutboxMessage.objects.create(
-        kind=kind,
-        to=to,
-        language=language,
-        subject=subject[:300],
-        body_text=body_text,
-        body_html=body_html,
-        event_id=event_id,
+        kind=kind, to=to, language=language, subject=subject, body_text=body_text, body_html=body_html
     )
     message_id = message.id
     transaction.on_commit(lambda: outbox_enqueue(message_id=message_id))
     return message
 
 
+def _render(template: str, language: str, context: dict) -> tuple[str, str, str]:
+    with translation.override(language):
+        context = {**context, "language": language}
+        subject = " ".join(render_to_string(f"{template}_subject.txt", context).split())
+        body_text = render_to_string(f"{template}.txt", context)
+        body_html = render_to_string(f"{template}.html", context)
+    return subject[:300], body_text, body_html
+
+
+def _render_for_event(message: OutboxMessage) -> tuple[str, str, str]:
+    """The receipt or withdrawal mail of the message's ledger event, with a status link."""
+    event = ObjectionEvent.objects.select_related("purpose").get(id=message.event_id)
+    claims = LinkClaims(
+        subject_id=event.subject_id, purpose=event.purpose.slug, language=message.language, email=message.to
+    )
+    context = {"receipt": event, "purpose": event.purpose, "status_url": status_url(claims), "when": when}
+    return _render(EVENT_TEMPLATES[message.kind], message.language, context)
+
+
 def outbox_enqueue(*, message_id: int) -> None:
-    """Hand the send to Celery. With a broker, publishing happens on a short-lived
-    thread: redis-py retries an unreachable broker for seconds, and the person's answer
-    must not wait for that. A publish that fails is not an error: the row stays pending
-    and the sweep sends it once the broker is back."""
-    from optout.tasks import outbox_send_task
+    """Hand the send to Celery, on this process's relay thread (without a broker: send
+    it now), with the id of the request that caused it (config.logs). A publish that
+    fails is not an error: the row stays pending and the sweep sends it once the broker
+    is back."""
+    from optout.tasks import outbox_send_many_task
 
-    if outbox_send_task.app.conf.task_always_eager:
-        _publish(message_id)
+    item = (message_id, request_id_var.get())
+    if outbox_send_many_task.app.conf.task_always_eager:
+        _publish([item])
     else:
-        # In a copy of this context, so that the task carries the request's id (config.logs).
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(_publish, message_id), name="outbox-enqueue", daemon=True).start()
+        _relay.put(item)
 
 
-def _publish(message_id: int) -> None:
-    from optout.tasks import outbox_send_task
+def outbox_flush(*, timeout: float = 30) -> bool:
+    """Wait until this process has tried to publish every mail handed to it (tests).
+    True if it has."""
+    return _relay.flush(timeout)
 
-    try:
-        outbox_send_task.apply_async((message_id,), retry=False)
-    except Exception:  # kombu raises several types for an unreachable broker
-        logger.warning("outbox: could not enqueue mail %s; the sweep will send it", message_id, exc_info=True)
+
+def _publish(items: list[tuple[int, str]]) -> None:
+    """Publish (message id, request id) pairs, up to BATCH per task. The task's own
+    request id is theirs when they share one."""
+    from optout.tasks import outbox_send_many_task
+
+    for start in range(0, len(items), BATCH):
+        batch = items[start : start + BATCH]
+        request_ids = {request_id for _id, request_id in batch}
+        token = request_id_var.set(request_ids.pop() if len(request_ids) == 1 else "-")
+        try:
+            outbox_send_many_task.apply_async((batch,), retry=False)
+        except Exception:  # kombu raises several types for an unreachable broker
+            logger.warning(
+                "outbox: could not enqueue mail %s; the sweep will send it",
+                [message_id for message_id, _rid in batch],
+                exc_info=True,
+            )
+        finally:
+            request_id_var.reset(token)
+
+
+def outbox_send_many(*, items: list[tuple[int, str]]) -> int:
+    """Send the mails of one published batch, each under the id of the request that
+    caused it. Returns how many this call sent."""
+    sent = 0
+    for message_id, request_id in items:
+        token = request_id_var.set(request_id)
+        try:
+            sent += outbox_send(message_id=message_id)
+        finally:
+            request_id_var.reset(token)
+    return sent
+
+
+class _Relay:
+    """One daemon thread per process that publishes what outbox_enqueue queued: the
+    mails that arrive within LINGER of the first go out as one task.
+
+    Started on first use and again after a fork (gunicorn forks its workers). Mails
+    still queued when the process exits are sent by the sweep: their rows are pending."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._queue: queue.Queue[tuple[int, str]] = queue.Queue()
+
+    def put(self, item: tuple[int, str]) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.Queue()
+                    threading.Thread(target=self._run, args=(self._queue,), name="outbox-relay", daemon=True).start()
+                    self._pid = os.getpid()
+        self._queue.put(item)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    @staticmethod
+    def _run(items: queue.Queue[tuple[int, str]]) -> None:
+        while True:
+            batch = [items.get()]
+            # Sleep rather than wait on the queue: a put then wakes nobody.
+            time.sleep(LINGER)
+            while len(batch) < BATCH:
+                try:
+                    batch.append(items.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                _publish(batch)
+            finally:
+                for _ in batch:
+                    items.task_done()
+
+
+_relay = _Relay()
 
 
 def outbox_send(*, message_id: int) -> bool:
@@ -97,16 +211,18 @@ def outbox_send(*, message_id: int) -> bool:
     if claimed != 1:
         return False
     message = OutboxMessage.objects.get(id=message_id)
-    mail = EmailMultiAlternatives(
-        subject=message.subject,
-        body=message.body_text,
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[message.to],
-        headers={"Auto-Submitted": "auto-generated"},
-    )
-    if message.body_html:
-        mail.attach_alternative(message.body_html, "text/html")
     try:
+        if message.event_id is not None and not message.body_text:
+            message.subject, message.body_text, message.body_html = _render_for_event(message)
+        mail = EmailMultiAlternatives(
+            subject=message.subject,
+            body=message.body_text,
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            to=[message.to],
+            headers={"Auto-Submitted": "auto-generated"},
+        )
+        if message.body_html:
+            mail.attach_alternative(message.body_html, "text/html")
         mail.send()
     except Exception as exc:  # the mail backend's errors are not ours to enumerate
         status = OutboxMessage.Status.FAILED if message.attempts >= MAX_ATTEMPTS else OutboxMessage.Status.PENDING
@@ -115,8 +231,14 @@ def outbox_send(*, message_id: int) -> bool:
         )
         logger.warning("outbox: mail %s failed (attempt %s)", message_id, message.attempts, exc_info=True)
         return False
+    # What was sent stays on the row.
     OutboxMessage.objects.filter(id=message_id, status=OutboxMessage.Status.SENDING).update(
-        status=OutboxMessage.Status.SENT, sent_at=timezone.now(), last_error=""
+        status=OutboxMessage.Status.SENT,
+        sent_at=timezone.now(),
+        last_error="",
+        subject=message.subject,
+        body_text=message.body_text,
+        body_html=message.body_html,
     )
     return True
 
@@ -133,6 +255,6 @@ def outbox_sweep(*, limit: int = 500) -> list[int]:
         .order_by("id")
         .values_list("id", flat=True)[:limit]
     )
-    for message_id in ids:
-        outbox_enqueue(message_id=message_id)
+    request_id = request_id_var.get()
+    _publish([(message_id, request_id) for message_id in ids])
     return ids

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid as uuid_lib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from campaigns.models import Campaign, NoticeVersion
 from config.metrics import OBJECTIONS_RECORDED
-from optout.ledger import GENESIS_HASH, event_hash, new_receipt_code
-from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
+from optout.ledger import GENESIS_HASH, event_hash, new_event_uuid, new_receipt_code
+from optout.models import Action, ObjectionEvent, ObjectionState, OutboxMessage, Purpose, Source
+from optout.outbox import outbox_enqueue
 
 
 class LedgerError(Exception):
@@ -61,11 +65,15 @@ def objection_record(
     notice_version_id: int | None = None,
     staff_user: str = "",
     idempotency_key: str | None = None,
+    confirm_to: str = "",
+    confirm_language: str = "",
 ) -> Receipt:
     """Record that `subject_id` objects to `purpose`.
 
     Idempotent: objecting again while objected writes nothing and returns the original
     receipt. The answer is durable once this returns (the caller's transaction aside).
+    With `confirm_to`, a new event also gets its confirmation mail (in
+    `confirm_language`) through the outbox, written in the same transaction.
     """
     return _append(
         action=Action.OBJECTED,
@@ -80,6 +88,8 @@ def objection_record(
         notice_version_id=notice_version_id,
         staff_user=staff_user,
         idempotency_key=idempotency_key,
+        confirm_to=confirm_to,
+        confirm_language=confirm_language,
     )
 
 
@@ -92,8 +102,11 @@ def objection_withdraw(
     email: str = "",
     staff_user: str = "",
     idempotency_key: str | None = None,
+    confirm_to: str = "",
+    confirm_language: str = "",
 ) -> Receipt:
-    """Record that `subject_id` withdraws an objection. A no-op when not objected."""
+    """Record that `subject_id` withdraws an objection. A no-op when not objected.
+    `confirm_to` as for objection_record."""
     return _append(
         action=Action.WITHDRAWN,
         subject_id=subject_id,
@@ -107,6 +120,8 @@ def objection_withdraw(
         notice_version_id=None,
         staff_user=staff_user,
         idempotency_key=idempotency_key,
+        confirm_to=confirm_to,
+        confirm_language=confirm_language,
     )
 
 
@@ -124,16 +139,98 @@ def _append(
     notice_version_id: int | None,
     staff_user: str,
     idempotency_key: str | None,
+    confirm_to: str = "",
+    confirm_language: str = "",
 ) -> Receipt:
     if source not in Source.values:
         raise LedgerError(_("Unknown source: {source}.").format(source=source))
     if not subject_id or len(subject_id) > 128:
         raise LedgerError(_("A subject id must have 1 to 128 characters."))
-    purpose_obj = purpose_get(purpose)
     now = timezone.now()
     received_at = received_at or now
     effective_at = effective_at or received_at
+    event = {
+        "action": action,
+        "subject_id": subject_id,
+        "source": source,
+        "received_at": received_at,
+        "effective_at": effective_at,
+        "recorded_at": now,
+        "uuid": new_event_uuid(),
+        "receipt_code": new_receipt_code(),
+        "email": email,
+        "reason": reason,
+        "campaign_id": campaign_id,
+        "notice_version_id": notice_version_id,
+        "staff_user": staff_user,
+        "idempotency_key": idempotency_key or None,
+    }
+    mail = (_mail_kind(action), confirm_to, confirm_language) if confirm_to else None
+    append = _append_postgresql if connection.vendor == "postgresql" else _append_python
+    receipt, outbox_id = append(purpose=purpose, event=event, mail=mail)
+    if receipt.created:
+        transaction.on_commit(OBJECTIONS_RECORDED.labels(action, source).inc)
+    if outbox_id is not None:
+        transaction.on_commit(partial(outbox_enqueue, message_id=outbox_id))
+    return receipt
 
+
+def _mail_kind(action: str) -> str:
+    return OutboxMessage.Kind.RECEIPT if action == Action.OBJECTED else OutboxMessage.Kind.WITHDRAWAL
+
+
+def _key_reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(_("This idempotency key was already used for a different request."))
+
+
+_APPEND_SQL = (
+    "SELECT status, objected, receipt, received_at, effective_at, event_uuid, outbox_id"
+    " FROM demur_objection_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _append_postgresql(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
+    """One round trip: demur_objection_append() (migration optout/0009) locks the state,
+    chains, inserts the event, updates the state and writes the mail's outbox row. On
+    its own it is one transaction; inside the caller's it runs in a savepoint, so that a
+    refusal leaves the caller's transaction usable."""
+    kind, to, language = mail or ("", "", "")
+    params = [
+        event["action"], event["subject_id"], purpose, event["source"], event["received_at"],
+        event["effective_at"], event["recorded_at"], event["uuid"], event["receipt_code"], event["email"],
+        event["reason"], event["campaign_id"], event["notice_version_id"], event["staff_user"],
+        event["idempotency_key"], kind, to, language,
+    ]  # fmt: skip
+    try:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            cursor.execute(_APPEND_SQL, params)
+            status, objected, receipt, received_at, effective_at, event_uuid, outbox_id = cursor.fetchone()
+    except IntegrityError as exc:
+        # Two requests with one key for different subjects at the same moment.
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") == "optout_event_idempotency_key":
+            raise _key_reused() from None
+        raise
+    if status == "unknown_purpose":
+        raise UnknownPurpose(_("Unknown purpose: {purpose}.").format(purpose=purpose))
+    if status == "key_reused":
+        raise _key_reused()
+    receipt = Receipt(
+        receipt=receipt,
+        subject_id=event["subject_id"],
+        purpose=purpose,
+        objected=objected,
+        received_at=received_at,
+        effective_at=effective_at,
+        created=status == "created",
+        event_uuid=event_uuid,
+    )
+    return receipt, outbox_id
+
+
+def _append_python(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
+    """The same as demur_objection_append(), statement by statement (SQLite)."""
+    purpose_obj = purpose_get(purpose)
+    action, subject_id = event["action"], event["subject_id"]
     with transaction.atomic():
         if action == Action.OBJECTED:
             # Make sure the state row exists, so that concurrent calls for one subject
@@ -141,73 +238,43 @@ def _append(
             ObjectionState.objects.bulk_create(
                 [ObjectionState(subject_id=subject_id, purpose=purpose_obj)], ignore_conflicts=True
             )
-        state = (
-            ObjectionState.objects.select_for_update()
-            .filter(subject_id=subject_id, purpose=purpose_obj)
-            .first()
-        )
-        if idempotency_key:
-            earlier = ObjectionEvent.objects.filter(purpose=purpose_obj, idempotency_key=idempotency_key).first()
+        state = ObjectionState.objects.select_for_update().filter(subject_id=subject_id, purpose=purpose_obj).first()
+        if event["idempotency_key"]:
+            earlier = ObjectionEvent.objects.filter(
+                purpose=purpose_obj, idempotency_key=event["idempotency_key"]
+            ).first()
             if earlier is not None:
                 if earlier.subject_id != subject_id or earlier.action != action:
-                    raise IdempotencyKeyReused(
-                        _("This idempotency key was already used for a different request.")
-                    )
-                return _receipt_for(state, purpose, created=False)
+                    raise _key_reused()
+                return _receipt_for(state, purpose, created=False, subject_id=subject_id), None
         if state is None or (action == Action.OBJECTED) == state.objected:
-            return _receipt_for(state, purpose, created=False, subject_id=subject_id)
+            return _receipt_for(state, purpose, created=False, subject_id=subject_id), None
 
-        event = ObjectionEvent(
-            subject_id=subject_id,
-            email=email,
-            purpose=purpose_obj,
-            action=action,
-            source=source,
-            reason=reason,
-            campaign_id=campaign_id,
-            notice_version_id=notice_version_id,
-            staff_user=staff_user,
-            received_at=received_at,
-            effective_at=effective_at,
-            recorded_at=now,
-            receipt_code=new_receipt_code(),
-            idempotency_key=idempotency_key or None,
-            prev_hash=state.head_hash or GENESIS_HASH,
-        )
-        event.hash = event_hash(
-            prev_hash=event.prev_hash,
-            uuid=event.uuid,
-            subject_id=subject_id,
-            purpose=purpose_obj.slug,
-            action=action,
-            source=source,
-            received_at=received_at,
-            effective_at=effective_at,
-            recorded_at=now,
-            receipt_code=event.receipt_code,
-            email=email,
-            reason=reason,
-            campaign_id=campaign_id,
-            notice_version_id=notice_version_id,
-            staff_user=staff_user,
-            idempotency_key=event.idempotency_key,
-        )
+        # A link names the campaign and notice version it came from; one deleted since
+        # then is left out rather than refusing the objection.
+        if event["campaign_id"] is not None and not Campaign.objects.filter(id=event["campaign_id"]).exists():
+            event["campaign_id"] = None
+        if (
+            event["notice_version_id"] is not None
+            and not NoticeVersion.objects.filter(id=event["notice_version_id"]).exists()
+        ):
+            event["notice_version_id"] = None
+        prev_hash = state.head_hash or GENESIS_HASH
+        row = ObjectionEvent(purpose=purpose_obj, prev_hash=prev_hash, **event)
+        row.hash = event_hash(prev_hash=prev_hash, purpose=purpose_obj.slug, **event)
         try:
             with transaction.atomic():
-                event.save(force_insert=True)
+                row.save(force_insert=True)
         except IntegrityError:
-            raise IdempotencyKeyReused(
-                _("This idempotency key was already used for a different request.")
-            ) from None
+            raise _key_reused() from None
 
-        transaction.on_commit(OBJECTIONS_RECORDED.labels(action, source).inc)
         state.objected = action == Action.OBJECTED
-        state.source = source
-        state.received_at = received_at
-        state.effective_at = effective_at
-        state.receipt = event.receipt
-        state.last_event = event
-        state.head_hash = event.hash
+        state.source = event["source"]
+        state.received_at = event["received_at"]
+        state.effective_at = event["effective_at"]
+        state.receipt = row.receipt
+        state.last_event = row
+        state.head_hash = row.hash
         state.save(
             update_fields=[
                 "objected",
@@ -220,12 +287,14 @@ def _append(
                 "updated_at",
             ]
         )
-        return _receipt_for(state, purpose, created=True)
+        outbox_id = None
+        if mail:
+            kind, to, language = mail
+            outbox_id = OutboxMessage.objects.create(kind=kind, to=to, language=language, event=row).id
+        return _receipt_for(state, purpose, created=True), outbox_id
 
 
-def _receipt_for(
-    state: ObjectionState | None, purpose: str, *, created: bool, subject_id: str = ""
-) -> Receipt:
+def _receipt_for(state: ObjectionState | None, purpose: str, *, created: bool, subject_id: str = "") -> Receipt:
     if state is None:
         return Receipt(
             receipt="",

@@ -1,15 +1,23 @@
-"""Celery tasks of the opt-out pages: send one outbox mail; sweep the outbox."""
+"""Celery tasks of the opt-out pages: send outbox mail; sweep the outbox."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from optout.outbox import outbox_send, outbox_sweep
+from optout.outbox import outbox_send, outbox_send_many, outbox_sweep
 
 
 @shared_task(name="optout.outbox_send", ignore_result=True)
 def outbox_send_task(message_id: int) -> bool:
+    """One mail; what releases before outbox_send_many published, which may still be
+    queued on the broker when this one starts."""
     return outbox_send(message_id=message_id)
+
+
+@shared_task(name="optout.outbox_send_many", ignore_result=True)
+def outbox_send_many_task(items: list[list]) -> int:
+    """[message id, request id] pairs published together by one process."""
+    return outbox_send_many(items=[(message_id, request_id) for message_id, request_id in items])
 
 
 @shared_task(name="optout.outbox_sweep", ignore_result=True)

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -21,9 +20,10 @@ from django.db import connection
 from django.test import Client
 
 from config.celery import app as celery_app
+from config.logs import request_id_var
 from optout.links import LinkClaims, objection_url
 from optout.models import ObjectionEvent, OutboxMessage
-from optout.outbox import outbox_send, outbox_sweep
+from optout.outbox import LINGER, outbox_enqueue, outbox_flush, outbox_send, outbox_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,10 +45,8 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_enqueue_threads() -> None:
-    for thread in threading.enumerate():
-        if thread.name == "outbox-enqueue":
-            thread.join(timeout=30)
+def _wait_for_publishing() -> None:
+    assert outbox_flush(timeout=30)
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ def broker_down():
     saved = (celery_app.conf.task_always_eager, celery_app.conf.broker_url)
     _use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
     yield
-    _wait_for_enqueue_threads()
+    _wait_for_publishing()
     celery_app.conf.task_always_eager, celery_app.conf.broker_url = saved
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
@@ -86,7 +84,7 @@ def test_it_records_the_objection_and_shows_the_receipt_with_the_broker_down(pur
     event = ObjectionEvent.objects.get()
     assert event.receipt in response.content.decode()
     assert elapsed < 2, "the answer must not wait for an unreachable broker"
-    _wait_for_enqueue_threads()
+    _wait_for_publishing()
     message = OutboxMessage.objects.get()
     assert message.status == "pending" and len(mail.outbox) == 0
 
@@ -102,7 +100,7 @@ def test_it_records_the_objection_and_shows_the_receipt_with_the_broker_down(pur
 @pytest.mark.postgres
 def test_it_sends_a_mail_once_when_workers_race_for_it(purpose, broker_down):
     _object()
-    _wait_for_enqueue_threads()
+    _wait_for_publishing()
     message_id = OutboxMessage.objects.get().id
 
     def send(_n: int) -> bool:
@@ -140,7 +138,7 @@ def test_it_sends_the_mail_through_a_real_worker_once_the_broker_is_back(purpose
 
     response = _object(language="pl")
     assert response.status_code == 200
-    _wait_for_enqueue_threads()
+    _wait_for_publishing()
     message = OutboxMessage.objects.get()
     assert message.status == "pending"
 
@@ -162,7 +160,7 @@ def test_it_sends_the_mail_through_a_real_worker_once_the_broker_is_back(purpose
     try:
         _use_broker(WORKER_BROKER)  # the broker is back
         assert outbox_sweep() == [message.id]
-        _wait_for_enqueue_threads()
+        _wait_for_publishing()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             message.refresh_from_db()
@@ -183,7 +181,7 @@ def test_it_sends_the_mail_through_a_real_worker_once_the_broker_is_back(purpose
 
 def test_it_hands_out_again_a_mail_whose_worker_died_mid_send(purpose, broker_down):
     _object()
-    _wait_for_enqueue_threads()
+    _wait_for_publishing()
     message = OutboxMessage.objects.get()
     stuck_since = message.created_at - timedelta(hours=1)
     OutboxMessage.objects.filter(id=message.id).update(status="sending", claimed_at=stuck_since)
@@ -193,3 +191,40 @@ def test_it_hands_out_again_a_mail_whose_worker_died_mid_send(purpose, broker_do
 
     message.refresh_from_db()
     assert message.status == "sent" and len(mail.outbox) == 1
+
+
+def test_the_receipt_mail_is_rendered_from_its_event_when_it_is_sent(purpose, broker_down):
+    _object(language="de")
+    _wait_for_publishing()
+    event = ObjectionEvent.objects.get()
+    message = OutboxMessage.objects.get()
+    assert (message.status, message.event_id, message.kind, message.language) == ("pending", event.id, "receipt", "de")
+    _use_broker(None)
+
+    assert outbox_sweep() == [message.id]
+
+    message.refresh_from_db()
+    sent = mail.outbox[0]
+    assert message.status == "sent" and event.receipt in sent.subject and event.receipt in sent.body
+    assert "/de/optout/status/" in sent.body
+    # what was sent stays on the row
+    assert (message.subject, message.body_text) == (sent.subject, sent.body)
+
+
+def test_mails_written_close_together_are_published_as_one_task(purpose, broker_down, monkeypatch):
+    from optout.tasks import outbox_send_many_task
+
+    published = []
+    monkeypatch.setattr(outbox_send_many_task, "apply_async", lambda args, **kwargs: published.append(args[0]))
+    started = time.monotonic()
+    for n in range(5):
+        token = request_id_var.set(f"req-{n}")
+        try:
+            outbox_enqueue(message_id=100 + n)
+        finally:
+            request_id_var.reset(token)
+    assert time.monotonic() - started < LINGER / 2, "enqueueing must not wait for the broker"
+
+    _wait_for_publishing()
+
+    assert published == [[(100 + n, f"req-{n}") for n in range(5)]]

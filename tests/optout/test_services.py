@@ -5,9 +5,12 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from optout.models import ObjectionEvent, ObjectionState
+from campaigns.models import Campaign, NoticeVersion
+from optout.ledger import GENESIS_HASH, event_hash
+from optout.models import ObjectionEvent, ObjectionState, OutboxMessage
 from optout.selectors import ledger_verify
 from optout.services import (
     IdempotencyKeyReused,
@@ -26,7 +29,12 @@ def test_it_records_an_objection_with_a_receipt_and_a_state(purpose):
     assert receipt.created and receipt.objected
     assert len(receipt.receipt) == 14
     event = ObjectionEvent.objects.get()
-    assert (event.subject_id, event.action, event.source, event.reason) == ("user-1", "objected", "email-link", "no thanks")
+    assert (event.subject_id, event.action, event.source, event.reason) == (
+        "user-1",
+        "objected",
+        "email-link",
+        "no thanks",
+    )
     assert event.receipt == receipt.receipt
     state = ObjectionState.objects.get(subject_id="user-1")
     assert state.objected and state.last_event == event and state.head_hash == event.hash
@@ -153,6 +161,68 @@ def test_concurrent_objections_and_withdrawals_keep_the_chain_whole(purpose):
     assert errors == []
     actions = list(ObjectionEvent.objects.filter(subject_id="flipper").order_by("id").values_list("action", flat=True))
     # Every event changes the state: the actions strictly alternate.
-    assert all(a != b for a, b in zip(actions, actions[1:]))
+    assert all(a != b for a, b in zip(actions, actions[1:], strict=False))
     report = ledger_verify()
     assert report.problems == [] and report.events == len(actions)
+
+
+def _python_hash(event: ObjectionEvent) -> str:
+    return event_hash(
+        prev_hash=event.prev_hash, uuid=event.uuid, subject_id=event.subject_id, purpose=event.purpose.slug,
+        action=event.action, source=event.source, received_at=event.received_at, effective_at=event.effective_at,
+        recorded_at=event.recorded_at, receipt_code=event.receipt_code, email=event.email, reason=event.reason,
+        campaign_id=event.campaign_id, notice_version_id=event.notice_version_id, staff_user=event.staff_user,
+        idempotency_key=event.idempotency_key,
+    )  # fmt: skip
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_an_objection_with_its_mail_is_one_statement(purpose):
+    with CaptureQueriesContext(connection) as queries:
+        receipt = objection_record(
+            subject_id="one-trip", source="email-link", confirm_to="ana@example.org", confirm_language="de"
+        )
+
+    # Without a broker the mail is sent in-process once that statement has committed.
+    statements = [q["sql"] for q in queries]
+    recording = statements[: next((i for i, sql in enumerate(statements) if "optout_outboxmessage" in sql), None)]
+    assert len(recording) == 1 and "demur_objection_append" in recording[0], statements
+    event = ObjectionEvent.objects.get()
+    assert receipt.created and receipt.receipt == event.receipt and receipt.event_uuid == event.uuid
+    assert event.hash == _python_hash(event)
+    state = ObjectionState.objects.get()
+    assert (state.objected, state.last_event_id, state.head_hash, state.receipt) == (
+        True, event.id, event.hash, event.receipt
+    )  # fmt: skip
+    message = OutboxMessage.objects.get()
+    assert (message.kind, message.to, message.language, message.event_id) == (
+        "receipt", "ana@example.org", "de", event.id
+    )  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_events_written_in_sql_hash_as_python_hashes_them(purpose):
+    campaign = Campaign.objects.create(name="Spring notice", purpose=purpose)
+    version = NoticeVersion.objects.create(
+        campaign=campaign, language="el", content_hash="b" * 64, subject="s", body_html="h", body_text="t"
+    )
+    awkward = "Nein | 5:zehn\n~ «Ελληνικά» 😀 \\ 0:"
+    objection_record(
+        subject_id="sql-hash|1", source="email-link", reason=awkward, campaign_id=campaign.id,
+        notice_version_id=version.id, email="zoë@example.org", idempotency_key="k:|1",
+        received_at=timezone.now() - timedelta(days=3, microseconds=7),
+    )  # fmt: skip
+    objection_withdraw(subject_id="sql-hash|1", source="staff-entry", staff_user="Łukasz")
+    objection_record(subject_id="sql-hash|1", source="in-app", campaign_id=10**9, notice_version_id=10**9)
+
+    events = list(ObjectionEvent.objects.select_related("purpose").order_by("id"))
+    assert [e.action for e in events] == ["objected", "withdrawn", "objected"]
+    assert all(e.hash == _python_hash(e) for e in events)
+    assert events[0].prev_hash == GENESIS_HASH and events[1].prev_hash == events[0].hash
+    assert events[2].prev_hash == events[1].hash
+    assert (events[0].campaign_id, events[0].notice_version_id, events[0].reason) == (campaign.id, version.id, awkward)
+    # a link to a campaign deleted since is kept without it
+    assert (events[2].campaign_id, events[2].notice_version_id) == (None, None)
+    assert ObjectionState.objects.get().head_hash == events[2].hash
+    assert ledger_verify().problems == []
