@@ -4,6 +4,8 @@ catalog has to carry 30 country names in 26 languages."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from babel import Locale, UnknownLocaleError
 
 EU_EEA = (
@@ -13,6 +15,7 @@ EU_EEA = (
 )  # fmt: skip
 
 
+@lru_cache(maxsize=64)  # parsed once per language: every date on a page needs one
 def babel_locale(language: str) -> Locale:
     try:
         return Locale.parse(language.replace("-", "_"))
