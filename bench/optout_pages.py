@@ -1,33 +1,39 @@
 """Benchmark: objections through the signed-link page (POST), served by gunicorn with two
 sync workers on PostgreSQL, beside a trivial view that inserts one row (same stack, same
-middleware, same run).
+middleware, same run, same load generator).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_pages_bench \\
-        .venv/bin/python bench/optout_pages.py --seconds 10
+        .venv/bin/python bench/optout_pages.py --seconds 10 --rounds 3
 
-Phases (the objection and baseline phases alternate, --rounds times, so both see the
-same machine load):
-  1. max throughput: closed loop, --clients concurrent clients in --procs processes,
-     each request a new connection (gunicorn's sync workers close it anyway);
-  2. latency at half the measured max objection rate: open loop, requests sent on a
-     fixed schedule; p50/p99 from the scheduled send time (no coordinated omission);
-  3. during phase 2, a poller reads optout.selectors.feed_page every 5 ms and notes
-     when each subject first appears: POST answer -> visible in the change feed.
+Needs wrk (Debian: apt-get install -y wrk). The load generators are kept cheap, because
+they share the machine's cores with gunicorn and PostgreSQL:
+  1. max throughput: closed loop, wrk with --connections connections
+     (bench/optout_wrk.lua), each request a new connection (gunicorn's sync workers
+     close it); objection and baseline phases alternate, --rounds times, so both see the
+     same machine load; the figure is the median;
+  2. latency at half load: open loop, an asyncio client sends requests on a fixed
+     schedule at half of each side's own median maximum; p50/p99 from the scheduled send
+     time (no coordinated omission); alternating, --rounds times, medians;
+  3. POST answer -> visible in the change feed: one more open-loop objection phase at
+     half load while a poller reads optout.selectors.feed_page every 5 ms and notes when
+     each subject first appears (its own phase, so the poller's queries do not weigh on
+     the latency figures of phase 2; its latency is printed too).
 
 Every objection POST carries a fresh signed link (a new person), passes the CSRF check
 (token fetched once) and writes a ledger event, the state row and an outbox row for the
-confirmation mail, whose send is published to Redis (db 8; no worker runs, the queue is
-flushed afterwards). Targets (issue 3): throughput >= 50 % of the baseline; p99 < 50 ms
-at half load; POST answer to visible in the feed < 1 s at p99.
+confirmation mail; the mails are handed to Celery on Redis (db 8; no worker runs, the
+queue is flushed afterwards). Targets (issue 3): throughput >= 50 % of the baseline; p99
+< 50 ms at half load; POST answer to visible in the feed < 1 s at p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
-import multiprocessing as mp
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -41,7 +47,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BROKER = "redis://127.0.0.1:6379/8"
+# Where the confirmation mails are queued (no worker reads them; flushed at the end).
+BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/8")
 SECRET = "bench-only-secret-key-" + "x" * 40
 
 
@@ -87,7 +94,7 @@ def _prepare(env: dict, fresh: bool) -> None:
         )
 
 
-# --- the load generator -------------------------------------------------------------------
+# --- the load generators -----------------------------------------------------------------
 
 
 def _request(port: int, method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
@@ -105,61 +112,95 @@ class Target:
 
     def __init__(self, kind: str, port: int, csrf: tuple[str, str], paths: list[str] | None = None):
         self.kind, self.port, self.paths = kind, port, paths or []
-        cookie, token = csrf
-        self.headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={cookie}",
-            "Origin": f"http://127.0.0.1:{port}",
-        }
-        self.body = f"csrfmiddlewaretoken={token}&object=yes&reason=".encode()
+        self.cookie, self.token = csrf
+        self.origin = f"http://127.0.0.1:{port}"
+        self.body = f"csrfmiddlewaretoken={self.token}&object=yes&reason=".encode()
 
-    def send(self, n: int) -> int:
-        path = self.paths[n] if self.kind == "objection" else "/bench/insert-one-row/"
-        status, _ = _request(self.port, "POST", path, self.body, self.headers)
-        return status
+    def path(self, n: int) -> str:
+        return self.paths[n] if self.kind == "objection" else "/bench/insert-one-row/"
 
-
-def _closed_loop_worker(args) -> tuple[int, int, list[float]]:
-    kind, port, csrf, paths, start_index, stride, threads, seconds = args
-    target = Target(kind, port, csrf, paths)
-    deadline = time.monotonic() + seconds
-    done = errors = 0
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def run(offset: int) -> None:
-        nonlocal done, errors
-        n = start_index + offset
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            status = target.send(n % max(len(paths), 1))
-            elapsed = time.monotonic() - started
-            with lock:
-                latencies.append(elapsed)
-                if status == 200:
-                    done += 1
-                else:
-                    errors += 1
-            n += stride * threads
-
-    pool = [threading.Thread(target=run, args=(i * stride,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return done, errors, latencies
-
-
-def closed_loop(kind: str, port: int, csrf, paths, procs: int, threads: int, seconds: float) -> dict:
-    with mp.Pool(procs) as pool:
-        results = pool.map(
-            _closed_loop_worker,
-            [(kind, port, csrf, paths, p, procs, threads, seconds) for p in range(procs)],
+    def raw(self, n: int) -> bytes:
+        """The whole HTTP/1.1 request, ready for the socket."""
+        head = (
+            f"POST {self.path(n)} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(self.body)}\r\n"
+            f"Cookie: csrftoken={self.cookie}\r\nOrigin: {self.origin}\r\nConnection: close\r\n\r\n"
         )
-    done = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    latencies = sorted(x for r in results for x in r[2])
-    return {"rps": done / seconds, "errors": errors, "p50": _pct(latencies, 50), "p99": _pct(latencies, 99)}
+        return head.encode() + self.body
+
+
+def closed_loop(target: Target, connections: int, threads: int, seconds: float, paths_file: Path) -> dict:
+    """wrk at full speed; requests/s and how many were answered with something but 200."""
+    if target.kind == "objection":
+        paths_file.write_text("\n".join(target.paths) + "\n")
+    env = {
+        **os.environ,
+        "BENCH_KIND": target.kind,
+        "BENCH_THREADS": str(threads),
+        "BENCH_PATHS": str(paths_file),
+        "BENCH_CSRF_COOKIE": target.cookie,
+        "BENCH_CSRF_TOKEN": target.token,
+        "BENCH_ORIGIN": target.origin,
+    }
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{round(seconds)}s", "--latency",
+         "-s", str(ROOT / "bench" / "optout_wrk.lua"), target.origin],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "out of signed links" in out:
+        raise SystemExit("wrk ran out of signed links: sign more")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": requests,
+        "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0),
+        "p50": _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+        "p99": _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+    }
+
+
+def _wrk_ms(text: str) -> float:
+    """wrk's '12.34ms' / '1.02s' / '850.00us' in seconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        return float("nan")
+    number, unit = match.groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def _cpu(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(server: subprocess.Popen) -> tuple[list[int], list[int]]:
+    """The gunicorn workers, and the PostgreSQL backends serving this database (their
+    CPU per request is a figure the machine's other load barely moves)."""
+    from django.db import connection
+
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == server.pid:
+                workers.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    with connection.cursor() as db:
+        db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+        backends = [row[0] for row in db.fetchall()]
+    return workers, backends
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -169,104 +210,129 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def open_loop(port: int, csrf, paths: list[str], subjects: list[str], rate: float, seconds: float) -> dict:
-    """Send objections on a fixed schedule at `rate`/s; poll the feed meanwhile."""
-    import django
+async def _send_on_schedule(target: Target, rate: float, total: int, answered: list[float]) -> list[tuple[int, float]]:
+    """Open loop: request n leaves at start + n / rate whatever happened to the earlier
+    ones; each result is (status, seconds from its scheduled time to the full answer)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    results: list[tuple[int, float]] = [(0, float("nan"))] * total
 
-    django.setup()
+    async def one(n: int, scheduled: float) -> None:
+        status = 0
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+            writer.write(target.raw(n))
+            data = await reader.read()  # to EOF: gunicorn closes after the answer
+            writer.close()
+            status = int(data[9:12])
+        except (OSError, ValueError):
+            pass
+        finished = loop.time()
+        answered[n] = time.monotonic()
+        results[n] = (status, finished - scheduled)
+
+    tasks = []
+    for n in range(total):
+        scheduled = start + n / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n, scheduled)))
+    await asyncio.gather(*tasks)
+    return results
+
+
+def open_loop(target: Target, rate: float, seconds: float, *, subjects: list[str] | None = None) -> dict:
+    """Send on a fixed schedule at `rate`/s. With `subjects`, poll the change feed
+    meanwhile and time each POST answer to the event's first sight in the feed."""
+    total = int(rate * seconds)
+    answered = [0.0] * total
+    seen: dict[str, float] = {}
+    held_back = [0.0]
+    stop = threading.Event()
+    poller = None
+    if subjects is not None:
+        poller = threading.Thread(target=_poll_feed, args=(seen, held_back, stop))
+        poller.start()
+    try:
+        results = asyncio.run(_send_on_schedule(target, rate, total, answered))
+    finally:
+        if poller is not None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(s in seen for s in subjects[:total]):
+                time.sleep(0.05)
+            stop.set()
+            poller.join()
+    latencies = [elapsed for _status, elapsed in results]
+    figures = {
+        "rate": rate,
+        "sent": total,
+        "ok": sum(1 for status, _ in results if status == 200),
+        "p50": _pct(latencies, 50),
+        "p99": _pct(latencies, 99),
+    }
+    if subjects is not None:
+        visible = [max(0.0, seen[s] - answered[n]) for n, s in enumerate(subjects[:total]) if s in seen]
+        figures.update(
+            feed_p50=_pct(visible, 50),
+            feed_p99=_pct(visible, 99),
+            feed_missing=sum(1 for s in subjects[:total] if s not in seen),
+            held_back=held_back[0],
+        )
+    return figures
+
+
+def _poll_feed(seen: dict[str, float], held_back: list[float], stop: threading.Event) -> None:
     from django.db import connection
 
     from optout.selectors import feed_horizon, feed_page
 
-    target = Target("objection", port, csrf, paths)
-    total = int(rate * seconds)
-    start = time.monotonic() + 0.2
-    answered: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    latencies: list[float] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
-    next_index = iter(range(total))
     cursor = feed_horizon()
-    stop = threading.Event()
+    checked = 0.0
+    while not stop.is_set():
+        page = feed_page(cursor=cursor, limit=1000)
+        now = time.monotonic()
+        for row in page.rows:
+            seen.setdefault(row.subject_id, now)
+        cursor = page.next_cursor
+        if now - checked > 0.5:
+            # The feed reads below the oldest running transaction of the whole cluster:
+            # note how old the oldest one elsewhere was.
+            checked = now
+            with connection.cursor() as db:
+                db.execute(
+                    "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) FROM pg_stat_activity"
+                    " WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)"
+                )
+                held_back[0] = max(held_back[0], float(db.fetchone()[0]))
+        if not page.has_more:
+            time.sleep(0.005)
+    connection.close()
 
-    held_back = [0.0]
 
-    def poll() -> None:
-        nonlocal cursor
-        checked = 0.0
-        while not stop.is_set():
-            page = feed_page(cursor=cursor, limit=1000)
-            now = time.monotonic()
-            for row in page.rows:
-                seen.setdefault(row.subject_id, now)
-            cursor = page.next_cursor
-            if now - checked > 0.5:
-                # The feed reads below the oldest running transaction of the whole
-                # cluster: note how old the oldest one elsewhere was.
-                checked = now
-                with connection.cursor() as db:
-                    db.execute(
-                        "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0) FROM pg_stat_activity"
-                        " WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)"
-                    )
-                    held_back[0] = max(held_back[0], float(db.fetchone()[0]))
-            if not page.has_more:
-                time.sleep(0.005)
-        connection.close()
+def _events() -> int:
+    from django.db import connection
 
-    def sender() -> None:
-        while True:
-            with lock:
-                n = next(next_index, None)
-            if n is None:
-                return
-            scheduled = start + n / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            status = target.send(n)
-            finished = time.monotonic()
-            with lock:
-                statuses.append(status)
-                latencies.append(finished - scheduled)
-                answered[subjects[n]] = finished
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    senders = [threading.Thread(target=sender) for _ in range(32)]
-    for thread in senders:
-        thread.start()
-    for thread in senders:
-        thread.join()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(s in seen for s in answered):
-        time.sleep(0.05)
-    stop.set()
-    poller.join()
-    visible = [max(0.0, seen[s] - answered[s]) for s in answered if s in seen]
-    return {
-        "sent": total,
-        "ok": statuses.count(200),
-        "p50": _pct(latencies, 50),
-        "p99": _pct(latencies, 99),
-        "feed_p50": _pct(visible, 50),
-        "feed_p99": _pct(visible, 99),
-        "feed_missing": len([s for s in answered if s not in seen]),
-        "held_back": held_back[0],
-    }
+    with connection.cursor() as db:
+        db.execute("SELECT count(*) FROM optout_objectionevent")
+        return db.fetchone()[0]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--max-rate", type=float, default=1500, help="most objections/s to sign links for")
     parser.add_argument("--fresh", action="store_true", help="drop and re-create the bench database first")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         print("Set DATABASE_URL=postgres://.../demur_pages_bench", file=sys.stderr)
+        return 2
+    if shutil.which("wrk") is None:
+        print("Needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
 
     port = _free_port()
@@ -277,10 +343,13 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.db import connection
+
     from optout.links import LinkClaims, objection_url
 
     run = uuid.uuid4().hex[:8]
-    needed = int(4000 * args.seconds * args.rounds)  # more links than the server can use
+    per_phase = int(args.max_rate * args.seconds)
+    needed = per_phase * (2 * args.rounds + 1)
     print(f"signing {needed} links ...", flush=True)
     subjects = [f"bench-{run}-{n}" for n in range(needed)]
     prefix = f"http://127.0.0.1:{port}"
@@ -288,62 +357,103 @@ def main() -> int:
         objection_url(LinkClaims(s, "ai-training", "en", email=f"{s}@example.org")).removeprefix(prefix)
         for s in subjects
     ]
+    phases = iter(range(0, needed, per_phase))
 
+    def next_slice() -> tuple[list[str], list[str]]:
+        start = next(phases)
+        return paths[start : start + per_phase], subjects[start : start + per_phase]
+
+    paths_file = ROOT / "var" / f"bench-optout-paths-{run}.txt"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "--backlog", "2048", "--access-logfile", "/dev/null"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:
+        status = 0
         for _ in range(100):
             try:
-                status, _page = _request(port, "GET", paths[0], b"", {})
+                status, _page = _request(port, "GET", paths[-1], b"", {})
                 break
             except OSError:
                 time.sleep(0.1)
         assert status == 200, status
-        csrf = _csrf(port, paths[0])
-        status, _ = _request(port, "POST", "/bench/insert-one-row/", Target("baseline", port, csrf).body,
-                             Target("baseline", port, csrf).headers)  # fmt: skip
+        csrf = _csrf(port, paths[-1])
+        baseline = Target("baseline", port, csrf)
+        status, _ = _request(port, "POST", "/bench/insert-one-row/", baseline.body,
+                             {"Content-Type": "application/x-www-form-urlencoded",
+                              "Cookie": f"csrftoken={csrf[0]}", "Origin": baseline.origin})  # fmt: skip
         assert status == 200, f"baseline answered {status}"
 
-        results: dict[str, list[dict]] = {"baseline": [], "objection": []}
-        offset = 1
+        closed: dict[str, list[dict]] = {"baseline": [], "objection": []}
         for round_no in range(args.rounds):
             for kind in ("baseline", "objection"):
-                slice_ = paths[offset:] if kind == "objection" else []
-                result = closed_loop(kind, port, csrf, slice_, args.procs, args.threads, args.seconds)
-                if kind == "objection":
-                    offset += int(result["rps"] * args.seconds) + len(paths) // (4 * args.rounds)
-                results[kind].append(result)
-                print(f"round {round_no + 1} {kind:9s}: {result['rps']:7.1f} req/s, "
+                target = Target(kind, port, csrf, next_slice()[0] if kind == "objection" else None)
+                before = _events()
+                workers, backends = _server_pids(server)
+                cpu = _cpu(workers), _cpu(backends)
+                result = closed_loop(target, args.connections, args.threads, args.seconds, paths_file)
+                result["web_cpu"] = (_cpu(workers) - cpu[0]) / max(result["requests"], 1)
+                result["db_cpu"] = (_cpu(backends) - cpu[1]) / max(result["requests"], 1)
+                written = _events() - before
+                closed[kind].append(result)
+                print(f"round {round_no + 1} max {kind:9s}: {result['rps']:7.1f} req/s, "
                       f"p50 {result['p50'] * 1000:6.1f} ms, p99 {result['p99'] * 1000:6.1f} ms, "
-                      f"errors {result['errors']}", flush=True)  # fmt: skip
+                      f"not 200: {result['errors']}, CPU/request: gunicorn {result['web_cpu'] * 1000:.2f} ms, "
+                      f"postgres {result['db_cpu'] * 1000:.2f} ms"
+                      + (f", events written {written} for {result['requests']} answers" if kind == "objection" else ""),
+                      flush=True)  # fmt: skip
+        base = statistics.median(r["rps"] for r in closed["baseline"])
+        obj = statistics.median(r["rps"] for r in closed["objection"])
 
-        base = statistics.median(r["rps"] for r in results["baseline"])
-        obj = statistics.median(r["rps"] for r in results["objection"])
-        half = obj / 2
-        rest = offset + 1
-        half_load = open_loop(port, csrf, paths[rest:], subjects[rest:], half, args.seconds)
+        half: dict[str, list[dict]] = {"baseline": [], "objection": []}
+        for round_no in range(args.rounds):
+            for kind, rate in (("baseline", base / 2), ("objection", obj / 2)):
+                target = Target(kind, port, csrf, next_slice()[0] if kind == "objection" else None)
+                result = open_loop(target, rate, args.seconds)
+                half[kind].append(result)
+                print(f"round {round_no + 1} half {kind:9s}: {rate:6.1f}/s, {result['ok']}/{result['sent']} ok, "
+                      f"p50 {result['p50'] * 1000:6.1f} ms, p99 {result['p99'] * 1000:6.1f} ms", flush=True)  # fmt: skip
+        feed_paths, feed_subjects = next_slice()
+        feed = open_loop(Target("objection", port, csrf, feed_paths), obj / 2, args.seconds, subjects=feed_subjects)
+        connection.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+        paths_file.unlink(missing_ok=True)
         import redis
 
         redis.Redis.from_url(BROKER).flushdb()
 
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in half[kind])
+
     ratio = obj / base if base else float("nan")
+    p99 = med("objection", "p99")
     print()
-    print(f"baseline (insert one row), median of {args.rounds}: {base:7.1f} req/s")
-    print(f"objection POST,            median of {args.rounds}: {obj:7.1f} req/s")
-    print(f"ratio objection / baseline: {ratio:.2f}  (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'})")
-    print(f"at half load ({half:.0f}/s for {args.seconds:.0f} s, {half_load['ok']}/{half_load['sent']} ok): "
-          f"p50 {half_load['p50'] * 1000:.1f} ms, p99 {half_load['p99'] * 1000:.1f} ms "
-          f"(target p99 < 50 ms: {'met' if half_load['p99'] < 0.05 else 'NOT met'})")  # fmt: skip
-    print(f"POST answer -> visible in feed_page: p50 {half_load['feed_p50'] * 1000:.1f} ms, "
-          f"p99 {half_load['feed_p99'] * 1000:.1f} ms, never seen {half_load['feed_missing']} "
-          f"(target p99 < 1 s: {'met' if half_load['feed_p99'] < 1 and not half_load['feed_missing'] else 'NOT met'}); "
-        f"oldest other transaction in the cluster meanwhile: {half_load['held_back']:.1f} s")  # fmt: skip
+    print(
+        f"max throughput, median of {args.rounds} (wrk, {args.connections} connections, {args.workers} gunicorn workers):"
+    )
+    print(f"  baseline (insert one row): {base:7.1f} req/s")
+    print(f"  objection POST:            {obj:7.1f} req/s")
+    print(f"  ratio objection / baseline: {ratio:.2f}  (target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'})")
+    for kind in ("baseline", "objection"):
+        web = statistics.median(r["web_cpu"] for r in closed[kind]) * 1000
+        db = statistics.median(r["db_cpu"] for r in closed[kind]) * 1000
+        print(f"  CPU per request, {kind:9s}: gunicorn {web:.2f} ms + postgres {db:.2f} ms")
+    print(f"at half load, open loop for {args.seconds:.0f} s, median of {args.rounds}:")
+    print(f"  baseline  at {base / 2:6.1f}/s: p50 {med('baseline', 'p50') * 1000:6.1f} ms, "
+          f"p99 {med('baseline', 'p99') * 1000:6.1f} ms")  # fmt: skip
+    print(f"  objection at {obj / 2:6.1f}/s: p50 {med('objection', 'p50') * 1000:6.1f} ms, "
+          f"p99 {p99 * 1000:6.1f} ms (target p99 < 50 ms: {'met' if p99 < 0.05 else 'NOT met'})")  # fmt: skip
+    feed_met = feed["feed_p99"] < 1 and not feed["feed_missing"]
+    print(
+        f"POST answer -> visible in feed_page (objections at {obj / 2:.1f}/s, {feed['ok']}/{feed['sent']} ok, "
+        f"their p50 {feed['p50'] * 1000:.1f} ms, p99 {feed['p99'] * 1000:.1f} ms with the poller running):"
+    )
+    print(f"  p50 {feed['feed_p50'] * 1000:.1f} ms, p99 {feed['feed_p99'] * 1000:.1f} ms, "
+          f"never seen {feed['feed_missing']} (target p99 < 1 s: {'met' if feed_met else 'NOT met'}); "
+          f"oldest other transaction in the cluster meanwhile: {feed['held_back']:.1f} s")  # fmt: skip
     return 0
 
 
