@@ -134,7 +134,8 @@ class CampaignAdmin(admin.ModelAdmin):
                 **(extra_context or {}),
                 "control_links": admin_control.control_links(request, campaign),
                 "report_links": admin_control.report_links(campaign) if campaign.launched_at else [],
-                "progress_url": reverse("admin:campaigns_campaign_progress", args=[campaign.pk])
+                # The panel compares with the status this page was drawn for.
+                "progress_url": f"{reverse('admin:campaigns_campaign_progress', args=[campaign.pk])}?shown={campaign.status}"
                 if campaign.launched_at
                 else "",
                 "preview_url": reverse("admin:campaigns_campaign_notice_preview", args=[campaign.pk]),

@@ -204,9 +204,13 @@ def progress_view(model_admin, request: HttpRequest, campaign_id: int) -> HttpRe
         raise PermissionDenied
     progress = progress_panel(campaign=campaign)
     live = campaign.status in (S.SCHEDULED, S.RUNNING) or progress.active
+    shown = request.GET.get("shown")
     context = {
         "campaign": campaign,
         "progress": progress,
         "refresh": PROGRESS_REFRESH_SECONDS if live else None,
+        # The page around the panel offers the buttons of the status it was drawn for.
+        "status_changed": bool(shown) and shown != campaign.status,
+        "change_url": reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
     }
     return TemplateResponse(request, "campaigns/progress.html", context)

@@ -282,7 +282,7 @@ def test_the_progress_panel_counts_each_channel_and_estimates_the_end(staff, vie
     )
     change = staff.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk])).content.decode()
     url = reverse("admin:campaigns_campaign_progress", args=[campaign.pk])
-    assert f'src="{url}"' in change
+    assert f'src="{url}?shown=running"' in change
 
     response = viewer.get(url)
 
@@ -299,10 +299,13 @@ def test_the_progress_panel_counts_each_channel_and_estimates_the_end(staff, vie
     assert '<meta http-equiv="refresh" content="5">' in page
     assert "<script" not in page
 
+    assert "The status has changed" not in viewer.get(url, {"shown": "running"}).content.decode()
+
     Campaign.objects.filter(pk=campaign.pk).update(status="cancelled")
     Delivery.objects.filter(status__in=["pending", "sending"]).update(status="cancelled")
-    page = viewer.get(url).content.decode()
+    page = viewer.get(url, {"shown": "running"}).content.decode()
     assert "http-equiv" not in page and "Estimated end:" not in page
+    assert "The status has changed" in page and 'target="_top"' in page
 
 
 def test_a_launched_campaign_links_to_its_dashboard_and_report(staff, purpose, audience):
