@@ -401,6 +401,7 @@ def test_it_resumes_by_itself_after_postgresql_restarts(broker, private_postgres
     outcome = _check_exactly_once(sink, n, rows)
     print(f"\nPostgreSQL restart: {outcome}, {restarted_at} sent when it came back")
     assert restarted_at < n, "the restart should come mid-campaign"
+    assert "OperationalError" in worker.log.read_text(errors="replace"), "the worker should have lost its session"
     # The worker's session ended mid-batch: its last group may be "sending" with no outcome.
     assert outcome["in_flight_at_kills"] <= mails_per_write(200)
 
