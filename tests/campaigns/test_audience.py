@@ -178,7 +178,7 @@ def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp
     watcher = psycopg.connect(**params, autocommit=True)  # sees activity as it changes
     waiting = (
         "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO campaigns_recipient%'"
+        "WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%campaigns_recipient%'"
     )
     try:
         other.execute(
@@ -205,4 +205,19 @@ def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp
         "u1": "a@example.com",
         "u2": "b@example.com",
         "u3": "c@example.com",
+    }
+
+
+def test_it_reads_crlf_lines_and_a_last_line_without_a_newline(tmp_path):
+    crlf = _csv(tmp_path, "subject_id,email,language,country\r\nu1,a@example.com,de,DE\r\nu2,b@example.com,fr,FR\r\n")
+    assert audience_import(crlf).created == 2
+    unterminated = _csv(
+        tmp_path, "subject_id,email,language,country\nu3,c@example.com,de,DE\nu4,d@example.com,fr,FR", "b.csv"
+    )
+    assert audience_import(unterminated).created == 2
+    assert dict(Recipient.objects.values_list("subject_id", "country")) == {
+        "u1": "DE",
+        "u2": "FR",
+        "u3": "DE",
+        "u4": "FR",
     }
