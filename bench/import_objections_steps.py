@@ -90,7 +90,7 @@ def main() -> None:
             )
             step("set-based check of every line")
             pg.execute("ANALYZE import_staging")
-            pg.execute("SET LOCAL work_mem = '256MB'")
+            pg.execute("SET LOCAL work_mem = '512MB'")
             pg.execute("SET CONSTRAINTS ALL IMMEDIATE")
             step("ANALYZE staging")
             params = {
@@ -99,9 +99,16 @@ def main() -> None:
                 "recorded": f"{len(recorded)}:{recorded}",
                 "ms": int(now.timestamp() * 1000),
             }
+            temp_bytes = "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
+            pg.execute(temp_bytes)
+            (temp_before,) = pg.fetchone()
             pg.execute("EXPLAIN (ANALYZE, BUFFERS, WAL) " + imports._IMPORT_SQL, params)
             plan = [line for (line,) in pg.fetchall()]
             step("import statement (EXPLAIN ANALYZE)")
+            pg.execute("SELECT pg_stat_clear_snapshot()")
+            pg.execute(temp_bytes)
+            (temp_after,) = pg.fetchone()
+            print(f"  temporary files written by the statement: {(temp_after - temp_before) / 1e6:.0f} MB")
             transaction.set_rollback(True)
     print("\n".join(line for line in plan if "Buffers:" not in line))
 

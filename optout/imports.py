@@ -354,7 +354,8 @@ WITH candidates AS (
             AND e.action = 'objected' AND e.received_at = c.received_at
       )
 ), events AS (
-    SELECT e.*, demur_receipt(e.id, e.receipt_code) AS receipt,
+    SELECT e.subject_id, e.purpose_id, e.received_at, e.source, e.email, e.state_id, e.prev_hash, e.id,
+           e.receipt_code, e.uuid, demur_receipt(e.id, e.receipt_code) AS receipt,
            encode(sha256(convert_to(
                'demur-event-v1|' || length(e.prev_hash) || ':' || e.prev_hash || '36:' || e.uuid
                || length(e.subject_id) || ':' || e.subject_id || e.hashed_purpose
@@ -420,7 +421,9 @@ def _load_postgres(rows: Iterator[_Row], report: ImportReport, now: datetime) ->
 def _import_staged(pg, report: ImportReport, now: datetime) -> None:
     """Write the events and states for what import_staging holds (report.rows lines)."""
     pg.execute("ANALYZE import_staging")
-    pg.execute("SET LOCAL work_mem = '256MB'")
+    # Enough for a million rows' sort and the materialised events (about 250 MB) to stay
+    # in memory; for this transaction only.
+    pg.execute("SET LOCAL work_mem = '512MB'")
     # Whoever objects or withdraws for these people now waits for the import.
     pg.execute(
         """
