@@ -82,6 +82,7 @@ def main() -> None:
     django.setup()
     import redis
     from django.core.mail import get_connection
+    from django.db import connection
 
     from campaigns.models import Campaign, NoticeVersion
     from campaigns.notices import notice_build, notice_email
@@ -130,6 +131,23 @@ def main() -> None:
         assert outcome["mails"] == args.baseline_mails
         return rate, outcome
 
+    def worker_sessions_cpu() -> dict[int, float]:
+        """CPU time so far of every session on the database but this process's own (which
+        launches): the database's share of sending, sampled while the sessions live."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            pids = [pid for (pid,) in cursor.fetchall()]
+        seen = {}
+        for pid in pids:
+            try:
+                seen[pid] = cpu_seconds(pid)
+            except OSError:
+                pass  # the session ended meanwhile
+        return seen
+
     # Measured before and after the campaign: the machine's load drifts in between.
     baseline_before, baseline_sink = smtplib_loop()
 
@@ -149,13 +167,16 @@ def main() -> None:
         started = time.perf_counter()
         created = campaign_launch(campaign_id=campaign.pk)
         launched = time.perf_counter()
+        sessions: dict[int, float] = {}  # the workers' PostgreSQL sessions: pid -> CPU seconds seen last
         while Campaign.objects.filter(pk=campaign.pk).values_list("status", flat=True).get() != "completed":
             if any(worker.poll() is not None for worker in workers):
                 sys.exit("a worker exited")
+            sessions.update(worker_sessions_cpu())
             time.sleep(0.2)
         finished = time.perf_counter()
         rss = [peak_rss_mb(worker.pid) for worker in workers]
         worker_cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_before
+        database_cpu = sum(sessions.values())
         load_after = os.getloadavg()[0]
     finally:
         for worker in workers:
@@ -184,7 +205,8 @@ def main() -> None:
     )
     print(f"  worker peak RSS (MB): {', '.join(f'{r:.0f}' for r in rss)}")
     print(
-        f"  CPU per mail: workers {worker_cpu / args.recipients * 1e6:.0f} us, sink {outcome['cpu'] / args.recipients * 1e6:.0f} us"
+        f"  CPU per mail: workers {worker_cpu / args.recipients * 1e6:.0f} us, their PostgreSQL sessions"
+        f" {database_cpu / args.recipients * 1e6:.0f} us, sink {outcome['cpu'] / args.recipients * 1e6:.0f} us"
         f" (sink in the smtplib baseline {baseline_sink['cpu'] / args.baseline_mails * 1e6:.0f} us);"
         f" load average {load_before:.1f} before, {load_after:.1f} after"
     )
