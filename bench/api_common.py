@@ -133,8 +133,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(url: str, *, workers: int = 2, **extra_env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Demur under gunicorn (sync workers, DEBUG off, persistent connections) on a free port."""
+def gunicorn(
+    url: str, *, workers: int = 2, cpus: str | None = None, **extra_env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Demur under gunicorn (sync workers, DEBUG off, persistent connections) on a free
+    port; pinned to the CPU list `cpus` (taskset syntax) when given."""
     port = free_port()
     env = django_env(
         url,
@@ -148,8 +151,9 @@ def gunicorn(url: str, *, workers: int = 2, **extra_env: str) -> Iterator[tuple[
         LOG_LEVEL="WARNING",
         **extra_env,
     )
+    pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        [*pin, str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "-w", str(workers), "-b", f"127.0.0.1:{port}",
          "--timeout", "600", "--log-level", "warning"],
         cwd=ROOT, env=env,
     )

@@ -12,7 +12,10 @@ The first sync downloads the snapshot (`/api/v1/objections/export`) and the curs
 consistent with; every later sync follows the change feed (`/api/v1/objections/changes`)
 from the stored cursor, so nothing is missed between the two. Each page of events and the
 cursor after it are committed together, so a crash never leaves the copy ahead of or
-behind its cursor.
+behind its cursor. While one page is parsed and applied, a thread already fetches the next
+(its cursor comes in the X-Next-Cursor header), so the server and this process work at
+the same time; `feed_pages()` is that reader on its own, for pipelines that keep their
+own store.
 
 It fails closed. When the API cannot be reached or answers with an error, `sync()` raises
 `DemurUnavailable`, and once the copy is older than `max_staleness` seconds (or has
@@ -31,15 +34,18 @@ import argparse
 import gzip
 import json
 import os
+import queue
 import sqlite3
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
+from email.message import Message
 
-__all__ = ["DemurUnavailable", "ObjectionMirror"]
+__all__ = ["DemurUnavailable", "ObjectionMirror", "feed_pages"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;
@@ -116,21 +122,12 @@ class ObjectionMirror:
         applied = 0
         if self._meta("cursor") is None:
             applied += self._snapshot()
-        while True:
-            cursor = self._meta("cursor") or ""
-            query = urllib.parse.urlencode({"purpose": self.purpose, "cursor": cursor, "limit": self.page_limit})
-            headers = {}
-            etag = self._meta("etag")
-            if etag and self._meta("etag_cursor") == cursor:
-                headers["If-None-Match"] = etag
-            status, response_headers, body = self._request(f"/api/v1/objections/changes?{query}", headers)
-            if status == 304:
-                break
-            page = json.loads(body)
-            self._apply(page["events"], page["next_cursor"], response_headers.get("ETag"), cursor)
+        cursor = self._meta("cursor") or ""
+        etag = self._meta("etag") if self._meta("etag_cursor") == cursor else None
+        pages = feed_pages(self.get, purpose=self.purpose, cursor=cursor, etag=etag, limit=self.page_limit)
+        for asked, page, page_etag in pages:
+            self._apply(page["events"], page["next_cursor"], page_etag, asked)
             applied += len(page["events"])
-            if not page["has_more"]:
-                break
         self._set_meta({"synced_at": repr(time.time())})
         return applied
 
@@ -139,7 +136,9 @@ class ObjectionMirror:
         request = self._build(f"/api/v1/objections/export?{query}", {"Accept-Encoding": "gzip"})
         try:
             with self._open(request) as response:
-                stream = gzip.GzipFile(fileobj=response) if response.headers.get("Content-Encoding") == "gzip" else response
+                stream = (
+                    gzip.GzipFile(fileobj=response) if response.headers.get("Content-Encoding") == "gzip" else response
+                )
                 return self._load_snapshot(_lines(stream))
         except (OSError, ValueError, EOFError) as exc:  # URLError, timeouts, a truncated gzip stream
             raise DemurUnavailable(f"snapshot failed: {exc}") from exc
@@ -205,13 +204,16 @@ class ObjectionMirror:
                 raise DemurUnavailable(f"{request.full_url}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
         raise AssertionError("unreachable")
 
-    def _request(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+        """One GET of an API path with this key, retrying 429 and 503: (status, headers,
+        body). A 304 is returned; any other failure raises DemurUnavailable. The headers
+        are looked up without regard to case."""
         try:
-            with self._open(self._build(path, headers)) as response:
-                return response.status, dict(response.headers), response.read()
+            with self._open(self._build(path, headers or {})) as response:
+                return response.status, response.headers, response.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 304:
-                return 304, dict(exc.headers), b""
+                return 304, exc.headers, b""
             raise DemurUnavailable(f"HTTP {exc.code}") from exc
         except (OSError, ValueError) as exc:
             raise DemurUnavailable(f"{path}: {exc}") from exc
@@ -238,6 +240,67 @@ def _lines(stream) -> Iterator[bytes]:
     for line in stream:
         if line.strip():
             yield line
+
+
+def feed_pages(
+    request, *, purpose: str | None, cursor: str = "", etag: str | None = None, limit: int = 10_000
+) -> Iterator[tuple[str, dict, str | None]]:
+    """The change feed from `cursor` until has_more is false, as (the cursor the page was
+    asked with, the parsed page, its ETag); nothing when an `etag` poll answers 304.
+
+    `request(path, headers)` does one GET and returns (status, headers, body), as
+    ObjectionMirror._request does. A thread fetches page N+1 (from the X-Next-Cursor
+    header) while the caller parses and uses page N; at most two pages wait in memory.
+    Errors of the fetching thread are raised here."""
+    pages: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def fetch(cursor: str, etag: str | None) -> None:
+        try:
+            while not stop.is_set():
+                query = {"cursor": cursor, "limit": limit, **({"purpose": purpose} if purpose else {})}
+                status, headers, body = request(
+                    f"/api/v1/objections/changes?{urllib.parse.urlencode(query)}",
+                    {"If-None-Match": etag} if etag else {},
+                )
+                etag = None
+                if status == 304:
+                    break
+                put((cursor, headers.get("ETag"), body))
+                if "X-Next-Cursor" in headers:
+                    cursor, has_more = headers["X-Next-Cursor"], headers.get("X-Has-More") == "true"
+                else:  # a server without the headers: read them from the body
+                    page = json.loads(body)
+                    cursor, has_more = page["next_cursor"], page["has_more"]
+                if not has_more:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
+            put(exc)
+        put(None)
+
+    fetcher = threading.Thread(target=fetch, args=(cursor, etag), name="demur-feed", daemon=True)
+    fetcher.start()
+    try:
+        while (item := pages.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            asked, page_etag, body = item
+            try:
+                page = json.loads(body)
+            except ValueError as exc:
+                raise DemurUnavailable(f"the change feed sent a malformed page: {exc}") from exc
+            yield asked, page, page_etag
+    finally:
+        stop.set()
+        fetcher.join()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,7 @@ from optout.permissions import HasScope
 from optout.selectors import (
     BadCursor,
     Cursor,
+    UnknownPurpose,
     feed_horizon,
     feed_page_json,
     objection_check,
@@ -181,8 +182,8 @@ class FeedQuerySerializer(serializers.Serializer):
 
 @extend_schema_field({"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": SUBJECT_ID_MAX}})
 class SubjectIdListField(serializers.Field):
-    """Up to CHECK_MAX_IDS subject ids, validated in one loop (a ListField would run a
-    child field per id, which costs more than the query)."""
+    """Up to CHECK_MAX_IDS subject ids, validated in bulk (a ListField would run a child
+    field per id, which costs more than the query)."""
 
     def to_internal_value(self, data):
         if not isinstance(data, list):
@@ -193,13 +194,16 @@ class SubjectIdListField(serializers.Field):
                     limit=CHECK_MAX_IDS, count=len(data)
                 )
             )
-        for index, item in enumerate(data):
-            if type(item) is not str or not 0 < len(item) <= SUBJECT_ID_MAX:
-                raise serializers.ValidationError(
-                    _("Item {index}: a subject id is a string of 1 to {max} characters.").format(
-                        index=index, max=SUBJECT_ID_MAX
+        # Types and lengths checked by C loops (map); the Python loop runs only to name the
+        # first bad item.
+        if data and (set(map(type, data)) != {str} or min(map(len, data)) == 0 or max(map(len, data)) > SUBJECT_ID_MAX):
+            for index, item in enumerate(data):
+                if type(item) is not str or not 0 < len(item) <= SUBJECT_ID_MAX:
+                    raise serializers.ValidationError(
+                        _("Item {index}: a subject id is a string of 1 to {max} characters.").format(
+                            index=index, max=SUBJECT_ID_MAX
+                        )
                     )
-                )
         # One pass in C over all ids for what PostgreSQL cannot store: NUL and lone surrogates.
         try:
             joined = "\n".join(data)
@@ -288,10 +292,7 @@ class ApiView(APIView):
         return exception_handler
 
 
-_quote = json.encoder.encode_basestring_ascii  # a JSON string literal (C implementation)
-
-
-def _json(text: str, *, status_code: int = 200, headers: dict | None = None) -> HttpResponse:
+def _json(text: str | bytes, *, status_code: int = 200, headers: dict | None = None) -> HttpResponse:
     return HttpResponse(text, status=status_code, content_type="application/json", headers=headers)
 
 
@@ -324,9 +325,7 @@ def _check_body_size(request) -> None:
     except ValueError:
         length = 0
     if length > MAX_BODY_BYTES:
-        raise PayloadTooLarge(
-            _("The body may have at most {limit} bytes.").format(limit=MAX_BODY_BYTES)
-        )
+        raise PayloadTooLarge(_("The body may have at most {limit} bytes.").format(limit=MAX_BODY_BYTES))
 
 
 class ChangeFeedView(ApiView):
@@ -340,7 +339,24 @@ class ChangeFeedView(ApiView):
                 "Send the ETag back in If-None-Match: an idle poll answers 304."
             )
         ),
-        parameters=[FeedQuerySerializer],
+        parameters=[
+            FeedQuerySerializer,
+            OpenApiParameter(
+                "X-Next-Cursor",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description=str(_("The page's next_cursor, readable before the body is parsed.")),
+            ),
+            OpenApiParameter(
+                "X-Has-More",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true", "false"],
+                description=str(_("The page's has_more, readable before the body is parsed.")),
+            ),
+        ],
         responses={
             200: OpenApiResponse(FeedPageSerializer),
             304: OpenApiResponse(description=str(_("Nothing new since this cursor."))),
@@ -357,23 +373,26 @@ class ChangeFeedView(ApiView):
                 _("This cursor is not valid; use a next_cursor from this API."), code="bad_cursor"
             ) from None
         slug = query.validated_data.get("purpose")
-        if slug:
-            _purpose(slug)
         limit = query.validated_data["limit"]
-        page = feed_page_json(cursor=cursor, limit=limit, purpose=slug)
+        try:
+            page = feed_page_json(cursor=cursor, limit=limit, purpose=slug)
+        except UnknownPurpose:
+            raise _unknown_purpose(slug) from None
         next_cursor = page.next_cursor.encode()
+        has_more = "true" if page.has_more else "false"
         # Below the horizon the feed never changes, so (request, next cursor) fixes the body.
         tag = hashlib.sha256(f"{slug}|{limit}|{cursor.encode()}|{next_cursor}|{page.has_more}".encode())
-        etag = f'"{tag.hexdigest()[:32]}"'
-        if etag in parse_etags(request.headers.get("If-None-Match", "")):
+        # The cursor also goes in headers, so a client can ask for the next page before
+        # it has parsed this one (client/demur_client.py does).
+        headers = {"ETag": f'"{tag.hexdigest()[:32]}"', "X-Next-Cursor": next_cursor, "X-Has-More": has_more}
+        if headers["ETag"] in parse_etags(request.headers.get("If-None-Match", "")):
             response = HttpResponseNotModified()
-            response["ETag"] = etag
+            response["ETag"] = headers["ETag"]
             return response
-        body = (
-            f'{{"events":{page.events_json},"next_cursor":"{next_cursor}",'
-            f'"has_more":{"true" if page.has_more else "false"}}}'
+        body = b"".join(
+            [b'{"events":', page.events_json, f',"next_cursor":"{next_cursor}","has_more":{has_more}}}'.encode()]
         )
-        return _json(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return _json(body, headers={**headers, "Cache-Control": "no-cache"})
 
 
 class CheckView(ApiView):
@@ -394,21 +413,12 @@ class CheckView(ApiView):
         data.is_valid(raise_exception=True)
         slug = _purpose_slug(data.validated_data.get("purpose"))
         subject_ids = data.validated_data["subject_ids"]
-        answer = objection_check(purpose=slug, subject_ids=list(set(subject_ids)))
+        answer = objection_check(purpose=slug, subject_ids=subject_ids)
         if answer is None:
             raise _unknown_purpose(slug)
-        objected, horizon = answer.effective_at, answer.horizon
-        # Written directly: for 10,000 answers this is 3x faster than dicts and json.dumps.
-        results = []
-        for subject_id in subject_ids:
-            effective_at = objected.get(subject_id)
-            if effective_at is None:
-                results.append(f'{{"subject_id":{_quote(subject_id)},"objected":false,"effective_at":null}}')
-            else:
-                results.append(
-                    f'{{"subject_id":{_quote(subject_id)},"objected":true,"effective_at":"{effective_at}"}}'
-                )
-        return _json(f'{{"results":[{",".join(results)}],"next_cursor":"{horizon.encode()}"}}')
+        return _json(
+            b"".join([b'{"results":', answer.results_json, f',"next_cursor":"{answer.horizon.encode()}"}}'.encode()])
+        )
 
 
 @method_decorator(gzip_page, name="dispatch")
@@ -433,9 +443,7 @@ class ExportView(ApiView):
     def get(self, request):
         purpose = _purpose(request.query_params.get("purpose"))
         horizon = feed_horizon()  # before the state is read (in the stream)
-        response = StreamingHttpResponse(
-            _export_lines(purpose, horizon), content_type="application/x-ndjson"
-        )
+        response = StreamingHttpResponse(_export_lines(purpose, horizon), content_type="application/x-ndjson")
         response["X-Next-Cursor"] = horizon.encode()
         response["Cache-Control"] = "no-store"
         patch_vary_headers(response, ["Accept-Encoding"])

@@ -6,15 +6,18 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
 
+from optout.ledger import format_timestamp
 from optout.models import ApiClient, ObjectionEvent, Purpose
-from optout.selectors import Cursor
+from optout.selectors import Cursor, feed_event, feed_page
 from optout.services import objection_record, objection_withdraw
 
 pytestmark = pytest.mark.django_db
@@ -93,7 +96,9 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize(("method", "url", "body", "scope"), ENDPOINTS)
-def test_every_endpoint_refuses_a_missing_key_a_wrong_scope_and_a_revoked_key(client, purpose, method, url, body, scope):
+def test_every_endpoint_refuses_a_missing_key_a_wrong_scope_and_a_revoked_key(
+    client, purpose, method, url, body, scope
+):
     assert_error(call(client, method, url, body=body), 401, "not_authenticated")
     assert call(client, method, url, body=body)["WWW-Authenticate"] == "Bearer"
     assert_error(call(client, method, url, key="nope.not-a-key", body=body), 401, "authentication_failed")
@@ -124,7 +129,9 @@ def test_unknown_paths_and_methods_answer_in_the_error_shape(client, read_key):
 
 def test_a_malformed_body_is_a_400_in_the_error_shape(client, read_key):
     response = client.post(
-        "/api/v1/objections/check", data="{not json", content_type="application/json",
+        "/api/v1/objections/check",
+        data="{not json",
+        content_type="application/json",
         HTTP_AUTHORIZATION=f"Bearer {read_key}",
     )
     assert_error(response, 400, "parse_error")
@@ -133,7 +140,8 @@ def test_a_malformed_body_is_a_400_in_the_error_shape(client, read_key):
         assert "subject_ids" in error["fields"]
     assert_error(
         call(client, "post", "/api/v1/objections/check", key=read_key, body={"purpose": "nope", "subject_ids": ["a"]}),
-        400, "unknown_purpose",
+        400,
+        "unknown_purpose",
     )
 
 
@@ -150,21 +158,58 @@ def test_the_feed_pages_with_an_opaque_cursor_and_filters_by_purpose(client, pur
     objection_withdraw(subject_id="s0", source="api")
     settle_feed()
 
-    first = json.loads(call(client, "get", "/api/v1/objections/changes?limit=2", key=key).content)
+    first_response = call(client, "get", "/api/v1/objections/changes?limit=2", key=key)
+    first = json.loads(first_response.content)
     rest = json.loads(
         call(client, "get", f"/api/v1/objections/changes?limit=10&cursor={first['next_cursor']}", key=key).content
     )
     ads = json.loads(call(client, "get", "/api/v1/objections/changes?purpose=ads", key=key).content)
 
     assert first["has_more"] is True and rest["has_more"] is False
+    # The cursor in headers too, so a client can ask for the next page before parsing this one.
+    assert (first_response["X-Next-Cursor"], first_response["X-Has-More"]) == (first["next_cursor"], "true")
     events = first["events"] + rest["events"]
     assert [(e["subject_id"], e["action"]) for e in events] == [
-        ("s0", "objected"), ("s1", "objected"), ("s2", "objected"), ("ad", "objected"), ("s0", "withdrawn"),
+        ("s0", "objected"),
+        ("s1", "objected"),
+        ("s2", "objected"),
+        ("ad", "objected"),
+        ("s0", "withdrawn"),
     ]
     assert set(events[0]) == {"id", "subject_id", "purpose", "action", "received_at", "effective_at", "source"}
     assert {str(u) for u in ObjectionEvent.objects.values_list("uuid", flat=True)} == {e["id"] for e in events}
     assert events[0]["received_at"].endswith("Z")
     assert [(e["subject_id"], e["purpose"], e["source"]) for e in ads["events"]] == [("ad", "ads", "gpc")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_feed_json_is_the_feed_event_for_event_in_order(client, purpose):
+    """The page built inside PostgreSQL holds feed_page()'s rows, in its order, on every
+    page: several purposes, withdrawals and renewed objections of one subject, an id
+    that needs escaping, and an effective date later than the objection."""
+    _, key = make_key(READ)
+    Purpose.objects.create(slug="ads", name="ads")
+    later = timezone.now() + timedelta(days=3)
+    for n in range(40):
+        subject_id = f"s{n % 7}" if n % 5 else 'quo"te\\\t' + str(n)
+        objection_record(subject_id=subject_id, source="api", purpose="ads" if n % 3 == 0 else "ai-training")
+        if n % 4 == 0:
+            objection_withdraw(subject_id=subject_id, source="api", purpose="ads" if n % 3 == 0 else "ai-training")
+    objection_record(subject_id="later", source="gpc", effective_at=later)
+    settle_feed()
+
+    events, cursor = [], ""
+    while True:
+        page = json.loads(call(client, "get", f"/api/v1/objections/changes?limit=9&cursor={cursor}", key=key).content)
+        events += page["events"]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+
+    # Python's rendering of the same rows (the SQLite path's) is the reference.
+    expected = [feed_event(row) for row in feed_page(cursor=Cursor(), limit=1000).rows]
+    assert len(expected) > 30 and events == expected
+    assert events[-1]["effective_at"] == format_timestamp(later) != events[-1]["received_at"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -205,10 +250,15 @@ def test_the_check_answers_in_input_order_with_a_cursor(client, read_key):
     body = json.loads(call(client, "post", "/api/v1/objections/check", key=read_key, body={"subject_ids": ids}).content)
 
     assert [(r["subject_id"], r["objected"]) for r in body["results"]] == [
-        ("z", False), ("b", True), ("c", False), ("b", True),
+        ("z", False),
+        ("b", True),
+        ("c", False),
+        ("b", True),
     ]
     assert body["results"][1]["effective_at"].endswith("Z") and body["results"][0]["effective_at"] is None
     Cursor.decode(body["next_cursor"])  # a cursor the feed accepts
+    empty = json.loads(call(client, "post", "/api/v1/objections/check", key=read_key, body={"subject_ids": []}).content)
+    assert empty["results"] == []
 
 
 def test_the_check_takes_10000_ids_and_answers_413_above(client, read_key):
@@ -241,7 +291,8 @@ def test_the_export_streams_every_objector_then_the_cursor_to_continue_from(clie
     assert response.streaming and response["Content-Type"] == "application/x-ndjson"
     *rows, last = _export_lines(response)
     assert [(r["subject_id"], r["purpose"], r["source"]) for r in rows] == [
-        ("a", "ai-training", "in-app"), ("b", "ai-training", "in-app"),
+        ("a", "ai-training", "in-app"),
+        ("b", "ai-training", "in-app"),
     ]
     assert last["count"] == 2 and Cursor.decode(last["next_cursor"]) == Cursor.decode(response["X-Next-Cursor"])
 
@@ -269,10 +320,18 @@ def test_one_subject_shows_its_state_and_history(client, read_key):
 
     assert body["objected"] is True and body["purpose"] == "ai-training"
     assert [(e["action"], e["source"]) for e in body["history"]] == [
-        ("objected", "email-link"), ("withdrawn", "api"), ("objected", "gpc"),
+        ("objected", "email-link"),
+        ("withdrawn", "api"),
+        ("objected", "gpc"),
     ]
-    assert nobody == {"subject_id": "never-seen", "purpose": "ai-training", "objected": False,
-                      "received_at": None, "effective_at": None, "history": []}
+    assert nobody == {
+        "subject_id": "never-seen",
+        "purpose": "ai-training",
+        "objected": False,
+        "received_at": None,
+        "effective_at": None,
+        "history": [],
+    }
 
 
 def test_recording_returns_a_receipt_and_is_idempotent_by_header(client, write_key):
@@ -299,7 +358,9 @@ def test_recording_is_idempotent_by_the_natural_key_without_a_header(client, wri
 
 def test_an_idempotency_key_reused_for_another_subject_is_a_conflict(client, write_key):
     call(client, "post", "/api/v1/objections", key=write_key, body={"subject_id": "a"}, HTTP_IDEMPOTENCY_KEY="k")
-    other = call(client, "post", "/api/v1/objections", key=write_key, body={"subject_id": "b"}, HTTP_IDEMPOTENCY_KEY="k")
+    other = call(
+        client, "post", "/api/v1/objections", key=write_key, body={"subject_id": "b"}, HTTP_IDEMPOTENCY_KEY="k"
+    )
 
     assert_error(other, 409, "idempotency_key_reused")
     assert list(ObjectionEvent.objects.values_list("subject_id", flat=True)) == ["a"]
@@ -307,8 +368,13 @@ def test_an_idempotency_key_reused_for_another_subject_is_a_conflict(client, wri
 
 @pytest.mark.parametrize(
     "body",
-    [{"subject_id": ""}, {"subject_id": "a", "source": "import"}, {"subject_id": "a", "received_at": "2999-01-01T00:00:00Z"},
-     {"subject_id": "a", "purpose": "nope"}, ["a"]],
+    [
+        {"subject_id": ""},
+        {"subject_id": "a", "source": "import"},
+        {"subject_id": "a", "received_at": "2999-01-01T00:00:00Z"},
+        {"subject_id": "a", "purpose": "nope"},
+        ["a"],
+    ],
 )
 def test_a_bad_objection_is_refused_and_records_nothing(client, write_key, body):
     assert_error(call(client, "post", "/api/v1/objections", key=write_key, body=body), 400)
@@ -353,9 +419,7 @@ def test_the_command_refuses_an_unknown_scope(purpose):
 
 
 def test_the_admin_shows_a_new_key_once_and_revokes_keys(admin_client, client, purpose):
-    add = admin_client.post(
-        reverse("admin:optout_apiclient_add"), {"name": "trainer", "scopes": [READ]}, follow=True
-    )
+    add = admin_client.post(reverse("admin:optout_apiclient_add"), {"name": "trainer", "scopes": [READ]}, follow=True)
     shown = [str(m) for m in add.context["messages"]]
     api_client = ApiClient.objects.get(name="trainer")
     key = next(word for m in shown for word in m.split() if word.startswith(api_client.prefix + "."))
