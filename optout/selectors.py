@@ -321,8 +321,9 @@ def _state_problems() -> list[LedgerProblem]:
 # bytes value: Python then neither decodes 10,000 rows into str objects nor joins and
 # re-encodes them (measured: 10 -> 2 ms of Python CPU per 10,000-event page). to_json()
 # escapes the free-text values; uuids, timestamps and choices need no escaping.
-# Timestamps use the same form as optout.ledger.format_timestamp.
-_TS = """to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+# Timestamps use the same form as optout.ledger.format_timestamp; a fixed UTC offset
+# (INTERVAL) spares looking up the zone 'UTC' by name on every row (4 % of the page).
+_TS = """to_char({col} AT TIME ZONE INTERVAL '00:00', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
 class _BytesLoader(Loader):
