@@ -69,8 +69,9 @@ BEGIN
     END IF;
 
     IF p_action = 'objected' THEN
-        -- Someone new: the state row goes in as it will stay (last_event_id is checked
-        -- at commit), and holds back anyone else objecting for them until this commits.
+        -- Someone new: the state row goes in as it will stay (last_event_id names the
+        -- event inserted below; verify_ledger checks every state's pointer), and holds
+        -- back anyone else objecting for them until this commits.
         v_event_id := nextval(pg_get_serial_sequence('optout_objectionevent', 'id'));
         receipt := demur_receipt(v_event_id, p_receipt_code);
         v_hash := demur_event_hash(
