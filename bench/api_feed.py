@@ -67,7 +67,7 @@ def client_sync(base: str, key: str, expected: int, limit: int) -> None:
 
     api = ObjectionMirror(base, key, ":memory:", timeout=120)
     total, has_more = 0, True
-    for _, page, _ in feed_pages(api.get, purpose=None, limit=limit):
+    for _, page, _ in feed_pages(api.send, purpose=None, limit=limit):
         total += len(page["events"])
         has_more = page["has_more"]
     api.close()

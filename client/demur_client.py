@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import http.client
 import json
 import os
 import queue
@@ -124,7 +125,7 @@ class ObjectionMirror:
             applied += self._snapshot()
         cursor = self._meta("cursor") or ""
         etag = self._meta("etag") if self._meta("etag_cursor") == cursor else None
-        pages = feed_pages(self.get, purpose=self.purpose, cursor=cursor, etag=etag, limit=self.page_limit)
+        pages = feed_pages(self.send, purpose=self.purpose, cursor=cursor, etag=etag, limit=self.page_limit)
         for asked, page, page_etag in pages:
             self._apply(page["events"], page["next_cursor"], page_etag, asked)
             applied += len(page["events"])
@@ -218,6 +219,42 @@ class ObjectionMirror:
         except (OSError, ValueError) as exc:
             raise DemurUnavailable(f"{path}: {exc}") from exc
 
+    def send(self, path: str, headers: dict[str, str] | None = None):
+        """Sends a GET of an API path and returns a function that waits for its answer,
+        as get() gives it (and raises what get() would): the server can work on it while
+        this process does something else. urllib cannot split a request so; behind a
+        proxy this is a plain get() when the answer is asked for."""
+        if urllib.request.getproxies():
+            return lambda: self.get(path, headers)
+        url = urllib.parse.urlsplit(self.base_url + path)
+        connection_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(url.netloc, timeout=self.timeout)
+        target = f"{url.path}?{url.query}" if url.query else url.path
+        try:
+            connection.request("GET", target, headers=self._build(path, headers or {}).headers)
+        except (OSError, http.client.HTTPException) as exc:
+            failure = exc  # raised by answer(), like every other failure
+        else:
+            failure = None
+
+        def answer() -> tuple[int, Message, bytes]:
+            try:
+                if failure is not None:
+                    raise failure
+                response = connection.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise DemurUnavailable(f"{path}: {exc}") from exc
+            finally:
+                connection.close()
+            if response.status in (429, 503):  # again, with get()'s waiting and retries
+                return self.get(path, headers)
+            if response.status >= 400:
+                raise DemurUnavailable(f"HTTP {response.status}")
+            return response.status, response.headers, body
+
+        return answer
+
     # --- Local state ----------------------------------------------------------------------
 
     def _meta(self, key: str) -> str | None:
@@ -243,15 +280,16 @@ def _lines(stream) -> Iterator[bytes]:
 
 
 def feed_pages(
-    request, *, purpose: str | None, cursor: str = "", etag: str | None = None, limit: int = 10_000
+    send, *, purpose: str | None, cursor: str = "", etag: str | None = None, limit: int = 10_000
 ) -> Iterator[tuple[str, dict, str | None]]:
     """The change feed from `cursor` until has_more is false, as (the cursor the page was
     asked with, the parsed page, its ETag); nothing when an `etag` poll answers 304.
 
-    `request(path, headers)` does one GET and returns (status, headers, body), as
-    ObjectionMirror._request does. A thread fetches page N+1 (from the X-Next-Cursor
-    header) while the caller parses and uses page N; at most two pages wait in memory.
-    Errors of the fetching thread are raised here."""
+    `send(path, headers)` starts one GET and returns a function that waits for its
+    answer, (status, headers, body), as ObjectionMirror.send does. A thread sends the
+    request for page N+1 (its cursor from the X-Next-Cursor header) before it hands page
+    N over, so the server works on the next page while the caller parses and uses this
+    one; at most two pages wait in memory. Errors of that thread are raised here."""
     pages: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -263,25 +301,30 @@ def feed_pages(
             except queue.Full:
                 continue
 
+    def ask(cursor: str, etag: str | None):
+        query = {"cursor": cursor, "limit": limit, **({"purpose": purpose} if purpose else {})}
+        return send(
+            f"/api/v1/objections/changes?{urllib.parse.urlencode(query)}", {"If-None-Match": etag} if etag else {}
+        )
+
     def fetch(cursor: str, etag: str | None) -> None:
         try:
+            answer = ask(cursor, etag)
             while not stop.is_set():
-                query = {"cursor": cursor, "limit": limit, **({"purpose": purpose} if purpose else {})}
-                status, headers, body = request(
-                    f"/api/v1/objections/changes?{urllib.parse.urlencode(query)}",
-                    {"If-None-Match": etag} if etag else {},
-                )
-                etag = None
+                status, headers, body = answer()
                 if status == 304:
                     break
-                put((cursor, headers.get("ETag"), body))
                 if "X-Next-Cursor" in headers:
-                    cursor, has_more = headers["X-Next-Cursor"], headers.get("X-Has-More") == "true"
+                    next_cursor, has_more = headers["X-Next-Cursor"], headers.get("X-Has-More") == "true"
                 else:  # a server without the headers: read them from the body
                     page = json.loads(body)
-                    cursor, has_more = page["next_cursor"], page["has_more"]
+                    next_cursor, has_more = page["next_cursor"], page["has_more"]
+                if has_more:
+                    answer = ask(next_cursor, None)  # on its way before this page is handed over
+                put((cursor, headers.get("ETag"), body))
                 if not has_more:
                     break
+                cursor = next_cursor
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
             put(exc)
         put(None)
