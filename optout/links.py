@@ -63,7 +63,7 @@ def read_token(token: str, *, salt: str, max_age: int | None = None) -> LinkClai
     except (signing.BadSignature, ValueError, UnicodeError):
         raise BadLink(token) from None
     try:
-        return LinkClaims(
+        claims = LinkClaims(
             subject_id=str(payload["s"]),
             purpose=str(payload["p"]),
             language=str(payload["l"]),
@@ -73,6 +73,11 @@ def read_token(token: str, *, salt: str, max_age: int | None = None) -> LinkClai
         )
     except (KeyError, TypeError, AttributeError):
         raise BadLink(token) from None
+    # Only a token made with our key gets here, but PostgreSQL text cannot hold NUL: a
+    # claim carrying one is refused like any other bad link, never a database error.
+    if any("\x00" in text for text in (claims.subject_id, claims.purpose, claims.language, claims.email)):
+        raise BadLink(token)
+    return claims
 
 
 def _absolute(name: str, token: str, language: str) -> str:

@@ -137,7 +137,8 @@ def test_a_test_mail_links_to_a_page_that_says_it_is_a_test_and_records_nothing(
     assert "/test-link/unsubscribe/" in unsubscribe
     assert not [link for link in re.findall(r"https?://\S+", message.body) if "/optout/" in link]
 
-    for link, says in ((object_link, "objection link"), (unsubscribe, "unsubscribe link")):
+    # The page speaks the mail's language: German words for the two kinds of link.
+    for link, says in ((object_link, "Widerspruchslink"), (unsubscribe, "Abmeldelink")):
         response = client.get(link.removeprefix("http://testserver"))
         body = response.content.decode()
         assert response.status_code == 200
