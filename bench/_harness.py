@@ -63,3 +63,13 @@ def ensure_database(database_url: str) -> None:
     exists = psql(server, f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip()
     if not exists:
         psql(server, f'CREATE DATABASE "{name}"')
+
+
+def bench_database_url(default_name: str) -> str:
+    """DATABASE_URL (or a local database of the given name), which must be PostgreSQL,
+    created if missing."""
+    url = os.environ.get("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{default_name}")
+    if not url.startswith("postgres"):
+        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
+    ensure_database(url)
+    return url

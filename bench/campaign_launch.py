@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
+from bench._harness import bench_database_url, django_env, manage, median_seconds, psql, report  # noqa: E402
 
 
 def main() -> None:
@@ -27,10 +27,7 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_campaigns_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
-    ensure_database(url)
+    url = bench_database_url("demur_campaigns_bench")
     env = django_env(url, LOG_LEVEL="WARNING")
     manage("migrate", "-v0", env=env)
     os.environ.update(env)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
+from bench._harness import bench_database_url, django_env, manage, median_seconds, psql, report  # noqa: E402
 
 # Statuses of the deliveries, as a campaign about two thirds through: (status, share).
 MIX = (("sent", 60), ("pending", 33), ("failed", 2), ("unknown", 1), ("skipped", 4))
@@ -27,10 +27,7 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_console_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
-    ensure_database(url)
+    url = bench_database_url("demur_console_bench")
     env = django_env(url, LOG_LEVEL="WARNING", ALLOWED_HOSTS="testserver")
     manage("migrate", "-v0", env=env)
     os.environ.update(env)

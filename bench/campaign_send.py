@@ -2,7 +2,7 @@
 Celery workers, Redis and a local SMTP sink, beside a bare smtplib loop sending the same
 kind of pre-rendered messages to the same sink over one connection.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_h5_bench \\
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_campaigns_bench \\
         .venv/bin/python bench/campaign_send.py --recipients 100000 --workers 2
 
 Broker and cache: BENCH_BROKER_URL and BENCH_CACHE_URL (queue "demur-bench"; the cache's
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import ROOT, django_env, ensure_database, manage, psql, report  # noqa: E402
+from bench._harness import ROOT, bench_database_url, django_env, manage, psql, report  # noqa: E402
 
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6380/5")
 CACHE = os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/5")
@@ -66,10 +66,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-mails", type=int, default=20_000)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_h5_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
-    ensure_database(url)
+    url = bench_database_url("demur_campaigns_bench")
     port = SMTP_PORT
     env = django_env(url, LOG_LEVEL="WARNING", CELERY_BROKER_URL=BROKER, CACHE_URL=CACHE, CELERY_TASK_DEFAULT_QUEUE=QUEUE,
                      EMAIL_URL=f"smtp://127.0.0.1:{port}", DEMUR_DISPATCH_BATCH="500",

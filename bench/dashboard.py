@@ -2,7 +2,7 @@
 objections, through the Django test client, beside baselines measured in the same run
 (the admin index page, and a bare `SELECT count(*)` over the campaign's deliveries).
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_h7_bench \\
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_dashboard_bench \\
         .venv/bin/python bench/dashboard.py --repeats 30
 
 The data set is built once with generate_series (700,000 recipients in 26 languages and
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import django_env, ensure_database, manage, median_seconds, psql  # noqa: E402
+from bench._harness import bench_database_url, django_env, ensure_database, manage, median_seconds, psql  # noqa: E402
 
 COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL", "GR", "SE", "CZ", "PT", "IE", "MT", "BG"]
 
@@ -147,13 +147,11 @@ def main() -> None:
     parser.add_argument("--cold-repeats", type=int, default=7)
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_h7_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
+    url = bench_database_url("demur_dashboard_bench")
     if args.rebuild:
         server = url.rsplit("/", 1)[0] + "/postgres"
         psql(server, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    ensure_database(url)
+        ensure_database(url)
     env = django_env(url, LOG_LEVEL="WARNING")
     manage("migrate", "-v0", env=env)
     os.environ.update(env)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import django_env, ensure_database, manage, median_seconds, psql, report  # noqa: E402
+from bench._harness import bench_database_url, django_env, manage, median_seconds, psql, report  # noqa: E402
 
 SOURCES = ["email-link", "in-app", "web-form", "api", "gpc"]
 
@@ -51,10 +50,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
-    ensure_database(url)
+    url = bench_database_url("demur_bench")
     env = django_env(url)
     manage("migrate", "-v0", env=env)
 

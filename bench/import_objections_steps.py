@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import django_env, ensure_database, manage, psql  # noqa: E402
+from bench._harness import bench_database_url, django_env, manage, psql  # noqa: E402
 from bench.import_objections import empty_ledger, write_csv  # noqa: E402
 
 
@@ -35,10 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/demur_bench")
-    if not url.startswith("postgres"):
-        sys.exit("This benchmark needs DATABASE_URL=postgres://...")
-    ensure_database(url)
+    url = bench_database_url("demur_bench")
     os.environ.update(django_env(url))
     manage("migrate", "-v0", env=dict(os.environ))
     empty_ledger(url)
