@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from campaigns import admin_control
 from campaigns.models import Campaign, NoticeVersion
-from campaigns.notices import NoticeNotReady, notice_build, notice_personalise
+from campaigns.notices import CAMPAIGN_VALUE_FIELDS, NoticeNotReady, notice_build, notice_personalise
 from campaigns.sample_links import sample_link_view
 from campaigns.selectors import catalog_coverage
 from campaigns.services import notice_test_send, notice_versions_freeze
@@ -30,15 +30,7 @@ SAMPLE_OBJECT_URL = "https://example.invalid/optout/t/sample-token/"
 SAMPLE_UNSUBSCRIBE_URL = "https://example.invalid/optout/unsubscribe/sample-token/"
 
 # The campaign's fields staff fill in while it is a draft, as the form groups them.
-NOTICE_FIELDS = (
-    "notice_template",
-    "controller_name",
-    "product_name",
-    "training_starts_on",
-    "dpo_email",
-    "contact_email",
-    "policy_url",
-)
+NOTICE_FIELDS = ("notice_template", *CAMPAIGN_VALUE_FIELDS)
 SENDING_FIELDS = (
     "send_mail",
     "send_inapp",

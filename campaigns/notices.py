@@ -136,19 +136,19 @@ def content_hash(version: NoticeVersion) -> str:
     ).hexdigest()
 
 
+# The campaign's fields a notice's text needs; a campaign without all of them cannot freeze.
+CAMPAIGN_VALUE_FIELDS = (
+    "controller_name",
+    "product_name",
+    "training_starts_on",
+    "dpo_email",
+    "contact_email",
+    "policy_url",
+)
+
+
 def _campaign_values(campaign: Campaign, language: str) -> dict[str, str]:
-    missing = [
-        field
-        for field in (
-            "controller_name",
-            "product_name",
-            "training_starts_on",
-            "dpo_email",
-            "contact_email",
-            "policy_url",
-        )
-        if not getattr(campaign, field)
-    ]
+    missing = [field for field in CAMPAIGN_VALUE_FIELDS if not getattr(campaign, field)]
     if missing:
         raise NoticeNotReady(f"campaign {campaign.pk} lacks {', '.join(missing)}")
     values = {

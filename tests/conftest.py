@@ -54,3 +54,14 @@ def purpose(db) -> Purpose:
         slug="ai-training", defaults={"name": "training and improving AI models"}
     )
     return obj
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for a browser test module (skips, or fails in CI, without it)."""
+    from tests.browser.chromium import launch_chromium
+
+    playwright, browser = launch_chromium()
+    yield browser
+    browser.close()
+    playwright.stop()

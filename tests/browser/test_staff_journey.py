@@ -25,7 +25,7 @@ from django_otp.oath import totp  # noqa: E402
 
 from campaigns.models import Campaign, Delivery, Recipient  # noqa: E402
 from optout.models import AuditEntry, ObjectionEvent  # noqa: E402
-from tests.browser.chromium import SCREENSHOTS, axe_violations, launch_chromium  # noqa: E402
+from tests.browser.chromium import SCREENSHOTS, axe_violations  # noqa: E402
 from tests.campaigns.smtpsink import SmtpSink  # noqa: E402
 from tests.campaigns.test_reliability import Worker, broker  # noqa: E402,F401 (the fixture)
 
@@ -71,14 +71,6 @@ def worker(broker, sink, live_server, tmp_path):  # noqa: F811 (pytest passes th
     process.start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright, browser = launch_chromium()
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 def _code(secret: str, steps_ahead: int = 0) -> str:

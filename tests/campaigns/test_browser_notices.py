@@ -14,7 +14,7 @@ from django.core import mail
 
 from campaigns.notices import notice_email
 from campaigns.services import notice_versions_freeze
-from tests.browser.chromium import SCREENSHOTS, launch_chromium
+from tests.browser.chromium import SCREENSHOTS
 from tests.campaigns.factories import make_campaign
 
 # Playwright's sync API runs an event loop; the ORM calls in these tests are synchronous.
@@ -34,14 +34,6 @@ MAIL = {
     "de": ("Ihr Recht auf Widerspruch", "Widersprechen"),
     "pl": ("Państwa prawo do sprzeciwu", "Sprzeciwiam się"),
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright, browser = launch_chromium()
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 @pytest.fixture

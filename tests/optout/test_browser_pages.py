@@ -14,7 +14,7 @@ from django.core import mail  # noqa: E402
 
 from optout.links import LinkClaims, objection_url, unsubscribe_url  # noqa: E402
 from optout.models import ObjectionEvent  # noqa: E402
-from tests.browser.chromium import SCREENSHOTS, axe_violations, launch_chromium  # noqa: E402
+from tests.browser.chromium import SCREENSHOTS, axe_violations  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -32,14 +32,6 @@ EXPECTED = {
     "en": ("Send my objection", "Your objection has been recorded", "Withdraw my objection",
            "Your objection has been withdrawn."),
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright, browser = launch_chromium()
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 @pytest.fixture
