@@ -164,6 +164,16 @@ def test_it_refuses_what_the_narrow_check_would_let_through_only_if_it_were_too_
     assert not Recipient.objects.exists()
 
 
+@pytest.mark.parametrize("email", ["a..b@example.com", ".a@example.com", "a.@example.com", "a@-x-.com", "a@x..com"])
+def test_it_refuses_addresses_with_misplaced_dots_or_hyphens(tmp_path, email):
+    path = _csv(tmp_path, f"subject_id,email,language,country\nu1,{email},de,DE\nu2,b@example.com,de,DE\n")
+
+    report = audience_import(path)
+
+    assert [error.split(":")[0] for error in report.errors] == ["line 2"]
+    assert not Recipient.objects.exists()
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp_path):
