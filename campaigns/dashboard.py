@@ -16,6 +16,7 @@ transaction id and so never holds the change feed back.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import statistics
 import time
 from collections import defaultdict
@@ -25,6 +26,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 # The mail providers' limits the warnings lead up to: Gmail and Yahoo require a spam
 # complaint rate below 0.3 %; Amazon SES puts an account under review at a 5 % bounce rate.
@@ -160,7 +163,14 @@ def _recount_later(campaign_id: int | None) -> None:
     if cache.add(_lock_key(campaign_id), 1, timeout=5 * settings.DEMUR_DASHBOARD_MAX_AGE):
         from campaigns.tasks import dashboard_refresh_task
 
-        transaction.on_commit(lambda: dashboard_refresh_task.delay(campaign_id))
+        def publish() -> None:
+            try:
+                dashboard_refresh_task.delay(campaign_id)
+            except Exception:  # kombu raises several types for an unreachable broker
+                logger.warning("dashboard %s: could not enqueue a count", campaign_id, exc_info=True)
+                cache.delete(_lock_key(campaign_id))  # so that the next view asks again
+
+        transaction.on_commit(publish)
 
 
 def stats_refresh(*, campaign_id: int | None = None) -> Stats:

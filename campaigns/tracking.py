@@ -40,7 +40,12 @@ def tracking_event_record(
     """Apply one tracking event. False when it was seen before (a replay)."""
     occurred_at = occurred_at or timezone.now()
     delivery = None
-    if delivery_id is not None and str(delivery_id).isdigit() and int(delivery_id) < 2**63:
+    if (
+        delivery_id is not None
+        and str(delivery_id).isascii()
+        and str(delivery_id).isdigit()
+        and int(delivery_id) < 2**63
+    ):
         delivery = Delivery.objects.filter(pk=int(delivery_id), channel=Delivery.Channel.MAIL).first()
     with transaction.atomic():
         if event_id:
@@ -56,9 +61,13 @@ def tracking_event_record(
             Delivery.objects.filter(pk=delivery.pk, **{f"{field}__isnull": True}).update(**{field: occurred_at})
         reason = SUPPRESSIONS.get(event_type)
         if reason and recipient:
-            Suppression.objects.get_or_create(
-                email=recipient, reason=reason, defaults={"subject_id": delivery.subject_id if delivery else ""}
-            )
+            # Not get_or_create: nothing makes (email, reason) unique, and two webhooks for
+            # one address at once may both insert; a second row is harmless, a
+            # MultipleObjectsReturned on every later webhook for it would not be.
+            if not Suppression.objects.filter(email=recipient, reason=reason).exists():
+                Suppression.objects.create(
+                    email=recipient, reason=reason, subject_id=delivery.subject_id if delivery else ""
+                )
     return True
 
 

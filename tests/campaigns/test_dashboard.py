@@ -181,6 +181,31 @@ def test_the_first_view_asks_for_one_count_and_the_page_never_counts(
     assert _row(_dashboard_part(viewer.get(url).content.decode()), "Audience") == ["7", "100.0"]
 
 
+def test_a_broker_that_is_down_leaves_the_page_up_and_the_next_view_asks_again(
+    campaign, viewer, monkeypatch, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    from campaigns.tasks import dashboard_refresh_task
+
+    asked = []
+
+    def broker_down(*args):
+        asked.append(args)
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(dashboard_refresh_task, "delay", broker_down)
+    url = reverse("admin:demur-campaign-dashboard", args=[campaign.pk])
+
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = viewer.get(url)
+        assert response.status_code == 200
+        assert "The figures are being counted for the first time" in response.content.decode()
+
+    assert asked == [(campaign.pk,), (campaign.pk,)]  # the mark was dropped: asked again
+
+
 def test_it_shows_the_snapshot_until_it_is_stale_then_counts_again(
     campaign, viewer, read, settings, django_capture_on_commit_callbacks
 ):

@@ -105,3 +105,16 @@ def test_it_changes_nothing_for_a_forged_webhook(delivery):
     delivery.refresh_from_db()
     assert delivery.complained_at is None and delivery.delivered_at is None
     assert not Suppression.objects.exists() and not TrackingEvent.objects.exists()
+
+
+def test_a_complaint_for_an_address_already_suppressed_twice_is_still_recorded(delivery):
+    # Two webhooks for one address at once may both have inserted (nothing makes
+    # (email, reason) unique); later events for it must still go through.
+    for _ in range(2):
+        Suppression.objects.create(email="ana@example.com", reason="complained")
+
+    assert _post(_payload("complained", delivery)).status_code == 200
+
+    delivery.refresh_from_db()
+    assert delivery.complained_at is not None
+    assert Suppression.objects.filter(email="ana@example.com", reason="complained").count() == 2
