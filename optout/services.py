@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid as uuid_lib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
@@ -168,6 +168,8 @@ def _append(
     mail = (_mail_kind(action), confirm_to, confirm_language) if confirm_to else None
     append = _append_postgresql if connection.vendor == "postgresql" else _append_python
     receipt, outbox_id = append(purpose=purpose, event=event, mail=mail)
+    if not receipt.created and idempotency_key:
+        receipt = _replayed_receipt(receipt, purpose=purpose, idempotency_key=idempotency_key)
     if receipt.created:
         transaction.on_commit(OBJECTIONS_RECORDED.labels(action, source).inc)
     if outbox_id is not None:
@@ -292,6 +294,27 @@ def _append_python(*, purpose: str, event: dict, mail: tuple[str, str, str] | No
             kind, to, language = mail
             outbox_id = OutboxMessage.objects.create(kind=kind, to=to, language=language, event=row).id
         return _receipt_for(state, purpose, created=True), outbox_id
+
+
+def _replayed_receipt(receipt: Receipt, *, purpose: str, idempotency_key: str) -> Receipt:
+    """A retry with a key already used answers what the first request was answered (its
+    event's receipt), not the subject's state now, which a later withdrawal may have
+    changed. Without such an event (nothing was written the first time) the answer is
+    the state's. Only retries pay this query."""
+    earlier = (
+        ObjectionEvent.objects.filter(purpose__slug=purpose, idempotency_key=idempotency_key)
+        .only("id", "receipt_code", "uuid", "action", "received_at", "effective_at")
+        .first()
+    )
+    if earlier is None:
+        return receipt
+    return replace(
+        receipt,
+        receipt=earlier.receipt,
+        objected=earlier.action == Action.OBJECTED,
+        received_at=earlier.received_at,
+        effective_at=earlier.effective_at,
+    )
 
 
 def _receipt_for(state: ObjectionState | None, purpose: str, *, created: bool, subject_id: str = "") -> Receipt:

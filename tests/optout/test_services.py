@@ -83,6 +83,8 @@ def test_an_idempotency_key_answers_a_retry_and_refuses_reuse(purpose):
     assert not retry.created
     assert ObjectionEvent.objects.filter(action="objected").count() == 1
     assert first.created
+    # The retry is answered as the first request was, though the person withdrew since.
+    assert (retry.receipt, retry.objected, retry.received_at) == (first.receipt, True, first.received_at)
     with pytest.raises(IdempotencyKeyReused):
         objection_record(subject_id="user-2", source="api", idempotency_key="k-1")
 
