@@ -163,13 +163,17 @@ class _Relay:
         self._lock = threading.Lock()
         self._pid = 0
         self._queue: queue.Queue[tuple[int, str]] = queue.Queue()
+        self._thread = threading.Thread()  # not started: the first put starts the real one
 
     def put(self, item: tuple[int, str]) -> None:
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() or not self._thread.is_alive():
             with self._lock:
-                if self._pid != os.getpid():
+                if self._pid != os.getpid() or not self._thread.is_alive():
                     self._queue = queue.Queue()
-                    threading.Thread(target=self._run, args=(self._queue,), name="outbox-relay", daemon=True).start()
+                    self._thread = threading.Thread(
+                        target=self._run, args=(self._queue,), name="outbox-relay", daemon=True
+                    )
+                    self._thread.start()
                     self._pid = os.getpid()
         self._queue.put(item)
 
@@ -183,15 +187,19 @@ class _Relay:
 
     @staticmethod
     def _run(items: queue.Queue[tuple[int, str]]) -> None:
+        full = False
         while True:
             batch = [items.get()]
-            # Sleep rather than wait on the queue: a put then wakes nobody.
-            time.sleep(LINGER)
+            # Sleep rather than wait on the queue: a put then wakes nobody. After a full
+            # batch more are waiting already, so go on at once.
+            if not full:
+                time.sleep(LINGER)
             while len(batch) < BATCH:
                 try:
                     batch.append(items.get_nowait())
                 except queue.Empty:
                     break
+            full = len(batch) == BATCH
             try:
                 _publish(batch)
             finally:

@@ -224,19 +224,22 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
         except BadLink as exc:
             return _bad_link(request, exc)
         action = data.get("action")
-        if action == "withdraw":
-            withdraw_form = WithdrawForm(data)
-            if withdraw_form.is_valid():
-                flows.link_withdraw(claims=claims, purpose=purpose, language=language)
-                withdraw_form = WithdrawForm()
-                done = "withdrawn"
+        try:
+            if action == "withdraw":
+                withdraw_form = WithdrawForm(data)
+                if withdraw_form.is_valid():
+                    flows.link_withdraw(claims=claims, purpose=purpose, language=language)
+                    withdraw_form = WithdrawForm()
+                    done = "withdrawn"
+                else:
+                    result_status = 400
+            elif action == "object":
+                flows.link_object(claims=claims, purpose=purpose, reason="", language=language)
+                done = "objected"
             else:
-                result_status = 400
-        elif action == "object":
-            flows.link_object(claims=claims, purpose=purpose, reason="", language=language)
-            done = "objected"
-        else:
-            return _not_understood(request)
+                return _not_understood(request)
+        except LedgerError as exc:  # as on the link page: e.g. a purpose gone since the link was made
+            return _bad_link(request, exc)
 
     state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
     history = objection_history(subject_id=claims.subject_id, purpose=claims.purpose)

@@ -414,6 +414,16 @@ def test_it_refuses_an_unknown_status_action(purpose):
     assert ObjectionEvent.objects.count() == 1
 
 
+
+def test_it_answers_an_objection_from_the_status_page_for_a_purpose_gone_since_with_a_bad_link_page(purpose):
+    link = local(status_url(LinkClaims("user-1002", "a-purpose-since-deleted", "en")))
+
+    response = Client().post(link, {"action": "object"})
+
+    assert response.status_code == 400
+    assert not ObjectionEvent.objects.exists()
+
+
 # --- one-click unsubscribe ------------------------------------------------------------------
 
 
