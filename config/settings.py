@@ -297,7 +297,7 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "optout.api.exception_handler",
 }
-# Requests per API key, for all endpoints together ("<n>/<second|minute|hour|day>"; empty: no limit).
+# Requests per API key, for all endpoints together ("<n>/<second|minute|hour|day>").
 DEMUR_API_THROTTLE_RATE = env_str("DEMUR_API_THROTTLE_RATE", "1200/minute")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Demur objection API",
