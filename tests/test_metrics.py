@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -213,17 +212,29 @@ def test_a_worker_serves_the_counters_of_all_its_pool_processes(purpose, broker,
             workers=[worker],
             what="the campaign to complete",
         )
-        time.sleep(1)  # the failed task may still be running beside the last batch
-        with urllib.request.urlopen(f"http://127.0.0.1:{WORKER_PORT}/", timeout=10) as response:
-            text = response.read().decode()
+
+        def scrape() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{WORKER_PORT}/", timeout=10) as response:
+                text = response.read().decode()
+            return {
+                (sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+
+        # The failed task may still be queued or running beside the last batch.
+        scraped: list[dict] = []
+        _wait(
+            lambda: scraped.append(scrape())
+            or value(scraped[-1], "demur_errors_total", source="task", name="campaigns.dispatch") >= 1,
+            timeout=30,
+            workers=[worker],
+            what="the failed task to be counted",
+        )
+        samples = scraped[-1]
     finally:
         worker.stop()
 
-    samples = {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
     # The endpoint runs in the worker's main process, which runs no task under prefork:
     # every count below was made in a pool process and read through the directory.
     assert value(samples, "demur_deliveries_total", channel="mail", status="sent") == 40

@@ -285,11 +285,15 @@ def test_it_resumes_by_itself_after_the_broker_restarts(purpose, private_broker,
         # Down for longer than a task runs: the running task cannot hand over, every queued
         # task is lost with the broker's data, and enqueueing from the tick fails meanwhile.
         private_broker.stop()
-        time.sleep(3)
         campaigns_tick()  # beat's tick while the broker is down: logs, raises nothing
-        stalled = _sent()
-        time.sleep(2)
-        assert _sent() == stalled < n, "dispatch should stall while the broker is down"
+        # The task that was running finishes its batch; then nothing more goes out. Wait
+        # for two quiet seconds (a slow machine may take a while to finish the batch).
+        stalled, quiet_since, deadline = _sent(), time.monotonic(), time.monotonic() + 30
+        while time.monotonic() - quiet_since < 2 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            if (now := _sent()) != stalled:
+                stalled, quiet_since = now, time.monotonic()
+        assert time.monotonic() - quiet_since >= 2 and stalled < n, "dispatch should stall while the broker is down"
         private_broker.start()
         _wait_completed(
             campaign, timeout=120, workers=[worker], what="the campaign to complete after the broker came back"
