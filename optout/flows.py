@@ -41,9 +41,7 @@ def purpose_cached(slug: str) -> Purpose | None:
 _PURPOSES: dict[str, tuple[Purpose, float]] = {}
 
 
-def link_object(
-    *, claims: LinkClaims, purpose: Purpose, reason: str, language: str, source: str = Source.EMAIL_LINK
-) -> Receipt:
+def link_object(*, claims: LinkClaims, reason: str, language: str, source: str = Source.EMAIL_LINK) -> Receipt:
     """An objection from a signed link (a notice, or the status page of a receipt), with
     its confirmation mail when the link carries an address. On PostgreSQL one round trip."""
     return objection_record(
@@ -58,7 +56,7 @@ def link_object(
     )
 
 
-def link_withdraw(*, claims: LinkClaims, purpose: Purpose, language: str) -> Receipt:
+def link_withdraw(*, claims: LinkClaims, language: str) -> Receipt:
     return objection_withdraw(
         subject_id=claims.subject_id,
         purpose=claims.purpose,

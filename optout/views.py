@@ -176,9 +176,7 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
         if not form.is_valid():
             return page(request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400)
         try:
-            receipt = flows.link_object(
-                claims=claims, purpose=purpose, reason=form.cleaned_data["reason"], language=language
-            )
+            receipt = flows.link_object(claims=claims, reason=form.cleaned_data["reason"], language=language)
         except LedgerError as exc:
             return _bad_link(request, exc)
         return page(
@@ -228,13 +226,13 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
             if action == "withdraw":
                 withdraw_form = WithdrawForm(data)
                 if withdraw_form.is_valid():
-                    flows.link_withdraw(claims=claims, purpose=purpose, language=language)
+                    flows.link_withdraw(claims=claims, language=language)
                     withdraw_form = WithdrawForm()
                     done = "withdrawn"
                 else:
                     result_status = 400
             elif action == "object":
-                flows.link_object(claims=claims, purpose=purpose, reason="", language=language)
+                flows.link_object(claims=claims, reason="", language=language)
                 done = "objected"
             else:
                 return _not_understood(request)
