@@ -29,7 +29,7 @@ from django.utils.translation import gettext as _
 
 from campaigns.models import Recipient
 from optout.countries import EU_EEA
-from optout.imports import LineErrors
+from optout.imports import InvalidLines, LineErrors, NeedsCarefulPath
 
 COLUMNS = ("subject_id", "email", "language", "country")
 _COUNTRIES = frozenset(EU_EEA)
@@ -45,7 +45,6 @@ _SIMPLE_EMAIL = re.compile(_SIMPLE_EMAIL_SOURCE)
 
 @dataclass
 class AudienceReport(LineErrors):
-    rows: int = 0
     created: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -58,10 +57,6 @@ class AudienceRow:
     email: str
     language: str
     country: str
-
-
-class _Invalid(Exception):
-    """Raised inside the import transaction to roll it back."""
 
 
 def _languages() -> frozenset[str]:
@@ -152,10 +147,6 @@ def audience_import(path: str, *, progress: Callable[[int], None] | None = None)
     return audience_load(rows, report)
 
 
-class _NeedsCarefulPath(Exception):
-    pass
-
-
 # The fast path's test of each line, as bytes: deliberately narrow, so that a line that
 # passes passes audience_fields_clean too. Any other line (quoted fields, a Unicode
 # subject id, spaces to strip, "DE " or "De", a blank line) sends the whole file
@@ -232,26 +223,26 @@ def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> 
                         tail = lines.pop()
                         report.rows += len(lines)
                         if not _fast_lines_ok(pattern, lines):
-                            raise _NeedsCarefulPath
+                            raise NeedsCarefulPath
                         if progress:
                             progress(len(chunk))
                     if tail:
                         report.rows += 1
                         if not _fast_lines_ok(pattern, [tail]):
-                            raise _NeedsCarefulPath
+                            raise NeedsCarefulPath
                 if not report.rows:
-                    raise _NeedsCarefulPath
+                    raise NeedsCarefulPath
                 # The UPDATE below would apply one of two rows for the same subject unnoticed.
                 pg.execute("SET LOCAL work_mem = '256MB'")
                 pg.execute("SELECT count(*) - count(DISTINCT subject_id) FROM audience_fast")
                 if pg.fetchone()[0]:
-                    raise _NeedsCarefulPath
+                    raise NeedsCarefulPath
                 pg.execute(_UPDATE_CHANGED_SQL, {"now": now})
                 report.updated = pg.rowcount
                 pg.execute(_INSERT_NEW_SQL, {"now": now})
                 report.created = pg.rowcount
                 pg.execute("DROP TABLE pg_temp.audience_fast")
-        except (_NeedsCarefulPath, psycopg.Error):
+        except (NeedsCarefulPath, psycopg.Error):
             return None
     report.unchanged = report.rows - report.created - report.updated
     return report
@@ -263,23 +254,10 @@ def audience_load(rows: Iterable[AudienceRow], report: AudienceReport) -> Audien
     load = _load_postgres if connection.vendor == "postgresql" else _load_orm
     try:
         with transaction.atomic():
-            load(_counted(rows, report), report, now)
-    except _Invalid:
+            load(report.counted(rows), report, now)
+    except InvalidLines:
         report.created = report.updated = report.unchanged = 0
     return report
-
-
-def _counted(rows: Iterable[AudienceRow], report: AudienceReport) -> Iterator[AudienceRow]:
-    for row in rows:
-        report.rows += 1
-        yield row
-
-
-def _check_complete(report: AudienceReport) -> None:
-    if report.ok and report.rows == 0:
-        report.add_error(None, _("The file has no rows to import."))
-    if not report.ok:
-        raise _Invalid
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -374,7 +352,7 @@ def _load_orm(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime
             )
             continue
         chosen[row.subject_id] = row
-    _check_complete(report)
+    report.check_complete()
     ids = list(chosen)
     existing: dict[str, Recipient] = {}
     for start in range(0, len(ids), 500):
@@ -459,7 +437,7 @@ def _load_postgres(rows: Iterable[AudienceRow], report: AudienceReport, now: dat
                 _report_duplicates(pg, report)
         else:
             _report_duplicates(pg, report)
-        _check_complete(report)
+        report.check_complete()
         pg.execute("DROP TABLE pg_temp.audience_staging")
     report.created, report.updated = created, updated
     report.unchanged = report.rows - created - updated

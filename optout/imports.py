@@ -15,9 +15,10 @@ and the states; elsewhere (the SQLite quick start) the ORM does the same row by 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import psycopg
 from django.core.exceptions import ValidationError
@@ -35,6 +36,7 @@ MAX_ERRORS_KEPT = 10_000
 _SOURCES = frozenset(Source.values)
 # How far in the future a received_at may be: clocks differ a little.
 _FUTURE_GRACE = timedelta(minutes=5)
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class LineErrors:
 
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    rows: int = 0
 
     @property
     def ok(self) -> bool:
@@ -55,10 +58,30 @@ class LineErrors:
             prefix = _("line {line}: ").format(line=line) if line else ""
             self.errors.append(prefix + message)
 
+    def counted(self, rows: Iterable[T]) -> Iterator[T]:
+        """The rows, counted as they are read."""
+        for row in rows:
+            self.rows += 1
+            yield row
+
+    def check_complete(self) -> None:
+        """Called once every line has been read: roll back unless all were good."""
+        if self.ok and self.rows == 0:
+            self.add_error(None, _("The file has no rows to import."))
+        if not self.ok:
+            raise InvalidLines
+
+
+class InvalidLines(Exception):
+    """Raised inside an import's transaction to roll it back after a bad line."""
+
+
+class NeedsCarefulPath(Exception):
+    """A fast path's check met a line it does not clear: the line-by-line path decides."""
+
 
 @dataclass
 class ImportReport(LineErrors):
-    rows: int = 0
     imported: int = 0
     already_recorded: int = 0
     duplicates_in_file: int = 0
@@ -75,10 +98,6 @@ class _Row:
     email: str
 
 
-class _Invalid(Exception):
-    """Raised inside the import transaction to roll it back after a bad line."""
-
-
 def objections_import(path: str, *, progress: Callable[[int], None] | None = None) -> ImportReport:
     """Validate and import `path` in one transaction: all of it, or nothing."""
     now = timezone.now()
@@ -88,28 +107,14 @@ def objections_import(path: str, *, progress: Callable[[int], None] | None = Non
             return fast
     report = ImportReport()
     purposes = dict(Purpose.objects.values_list("slug", "id"))
-    rows = _counted(_parse(path, purposes, report, now, progress), report)
+    rows = report.counted(_parse(path, purposes, report, now, progress))
     load = _load_postgres if connection.vendor == "postgresql" else _load_orm
     try:
         with transaction.atomic():
             load(rows, report, now)
-    except _Invalid:
+    except InvalidLines:
         pass
     return report
-
-
-def _counted(rows: Iterator[_Row], report: ImportReport) -> Iterator[_Row]:
-    for row in rows:
-        report.rows += 1
-        yield row
-
-
-def _check_complete(report: ImportReport) -> None:
-    """Called once every line has been read: roll back unless all were good."""
-    if report.ok and report.rows == 0 and not report.errors:
-        report.add_error(None, _("The file has no rows to import."))
-    if not report.ok:
-        raise _Invalid
 
 
 # --- parsing and validation ---------------------------------------------------------------
@@ -246,7 +251,7 @@ def _load_orm(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None
             if other.received_at <= row.received_at:
                 continue
         chosen[key] = row
-    _check_complete(report)
+    report.check_complete()
 
     for row in chosen.values():
         state, _created = ObjectionState.objects.select_for_update().get_or_create(
@@ -414,7 +419,7 @@ def _load_postgres(rows: Iterator[_Row], report: ImportReport, now: datetime) ->
         with pg.copy("COPY import_staging (subject_id, purpose, received_at, source, email) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row((row.subject_id, row.purpose_slug, row.received_at.isoformat(), row.source, row.email))
-        _check_complete(report)
+        report.check_complete()
         _import_staged(pg, report, now)
 
 
@@ -452,7 +457,7 @@ def _import_staged(pg, report: ImportReport, now: datetime) -> None:
             None,
             _("Someone objected or withdrew while the import ran; nothing was imported. Run it again."),
         )
-        raise _Invalid
+        raise InvalidLines
     pg.execute("DROP TABLE pg_temp.import_staging")
     report.duplicates_in_file = report.rows - candidates
     report.imported = inserted
@@ -483,10 +488,6 @@ SELECT count(*),
        max(s.received_at::timestamptz)
 FROM import_staging s LEFT JOIN optout_purpose p ON p.slug = s.purpose
 """
-
-
-class _NeedsCarefulPath(Exception):
-    pass
 
 
 def _import_postgres_fast(path: str, now: datetime, progress: Callable[[int], None] | None) -> ImportReport | None:
@@ -533,10 +534,10 @@ def _import_postgres_fast(path: str, now: datetime, progress: Callable[[int], No
                 )
                 report.rows, bad, latest = pg.fetchone()
                 if bad or not report.rows or report.rows != lines or latest > now + _FUTURE_GRACE:
-                    raise _NeedsCarefulPath
+                    raise NeedsCarefulPath
                 _import_staged(pg, report, now)
-        except (_NeedsCarefulPath, psycopg.errors.DataError, psycopg.errors.BadCopyFileFormat):
+        except (NeedsCarefulPath, psycopg.errors.DataError, psycopg.errors.BadCopyFileFormat):
             return None
-        except _Invalid:
+        except InvalidLines:
             return report
     return report
