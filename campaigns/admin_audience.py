@@ -7,15 +7,10 @@ and the audience API, all through the validation in campaigns.audience.
 
 from __future__ import annotations
 
-import tempfile
-
 from django import forms
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.http import HttpResponseRedirect
-from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -23,12 +18,11 @@ from django.utils.translation import gettext_lazy
 from campaigns.audience import audience_import
 from campaigns.models import Recipient
 from optout.admin import ReadOnlyAdmin
+from optout.admin_views import csv_import_view
 from optout.countries import EU_EEA
 from optout.models import AuditEntry
-from optout.services import audit_record
 
 UPLOAD_PERMISSION = "campaigns.add_recipient"
-PROBLEMS_SHOWN = 200
 
 
 class AudienceUploadForm(forms.Form):
@@ -96,46 +90,22 @@ def audience_upload_view(model_admin: RecipientAdmin, request):
     imported with a line in the audit log written in the same transaction."""
     if not request.user.has_perm(UPLOAD_PERMISSION):
         raise PermissionDenied
-    form = AudienceUploadForm(request.POST or None, request.FILES or None)
-    problems: list[str] = []
-    more = 0
-    if request.method == "POST" and form.is_valid():
-        upload = form.cleaned_data["file"]
-        with tempfile.NamedTemporaryFile(suffix=".csv") as handle:
-            for chunk in upload.chunks():
-                handle.write(chunk)
-            handle.flush()
-            with transaction.atomic():
-                report = audience_import(handle.name)
-                if report.ok:
-                    audit_record(
-                        user=request.user,
-                        action=AuditEntry.Action.AUDIENCE_IMPORT,
-                        target=upload.name,
-                        details={
-                            "rows": report.rows,
-                            "created": report.created,
-                            "updated": report.updated,
-                            "unchanged": report.unchanged,
-                        },
-                    )
-        if report.ok:
-            messages.success(
-                request,
-                _("{rows} rows read: {created} recipients added, {updated} updated, {unchanged} unchanged.").format(
-                    rows=report.rows, created=report.created, updated=report.updated, unchanged=report.unchanged
-                ),
-            )
-            return HttpResponseRedirect(reverse("admin:campaigns_recipient_changelist"))
-        problems = report.errors[:PROBLEMS_SHOWN]
-        more = report.error_count - len(problems)
-        form.add_error(None, _("Nothing was imported: the file has problems, listed below."))
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.model._meta,
-        "title": _("Upload recipients"),
-        "form": form,
-        "problems": problems,
-        "more_problems": more,
-    }
-    return TemplateResponse(request, "campaigns/audience/upload.html", context, status=400 if form.errors else 200)
+
+    def summary(report) -> tuple[dict, str]:
+        counts = {"created": report.created, "updated": report.updated, "unchanged": report.unchanged}
+        message = _("{rows} rows read: {created} recipients added, {updated} updated, {unchanged} unchanged.").format(
+            rows=report.rows, **counts
+        )
+        return {"rows": report.rows, **counts}, message
+
+    return csv_import_view(
+        model_admin,
+        request,
+        form=AudienceUploadForm(request.POST or None, request.FILES or None),
+        run=audience_import,
+        audit_action=AuditEntry.Action.AUDIENCE_IMPORT,
+        summary=summary,
+        done_url=reverse("admin:campaigns_recipient_changelist"),
+        title=_("Upload recipients"),
+        template="campaigns/audience/upload.html",
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import os
 import tempfile
 
 from django import forms
@@ -40,7 +39,11 @@ class StaffEntryForm(forms.Form):
     )
     channel = forms.ChoiceField(
         label=gettext_lazy("Received by"),
-        choices=[("letter", gettext_lazy("letter")), ("email", gettext_lazy("email")), ("other", gettext_lazy("other"))],
+        choices=[
+            ("letter", gettext_lazy("letter")),
+            ("email", gettext_lazy("email")),
+            ("other", gettext_lazy("other")),
+        ],
     )
     email = forms.EmailField(label=gettext_lazy("Email for the receipt"), required=False)
     note = forms.CharField(
@@ -97,7 +100,9 @@ def staff_entry_view(model_admin, request):
             form.add_error(None, str(error))
         else:
             if receipt.created:
-                messages.success(request, _("Objection recorded. Receipt number: {receipt}.").format(receipt=receipt.receipt))
+                messages.success(
+                    request, _("Objection recorded. Receipt number: {receipt}.").format(receipt=receipt.receipt)
+                )
             else:
                 messages.info(
                     request,
@@ -118,50 +123,71 @@ def staff_entry_view(model_admin, request):
 
 def import_view(model_admin, request):
     _require(request, "import_objections")
-    form = ImportForm(request.POST or None, request.FILES or None)
+
+    def summary(report) -> tuple[dict, str]:
+        details = {"rows": report.rows, "imported": report.imported, "already_recorded": report.already_recorded}
+        message = _(
+            "{rows} rows read: {imported} objections imported, {already} already recorded, "
+            "{duplicates} duplicates in the file."
+        ).format(
+            rows=report.rows,
+            imported=report.imported,
+            already=report.already_recorded,
+            duplicates=report.duplicates_in_file,
+        )
+        return details, message
+
+    return csv_import_view(
+        model_admin,
+        request,
+        form=ImportForm(request.POST or None, request.FILES or None),
+        run=objections_import,
+        audit_action=AuditEntry.Action.IMPORT,
+        summary=summary,
+        done_url=reverse("admin:optout_objectionevent_changelist"),
+        title=_("Import past objections"),
+        template="admin/optout/staff_form.html",
+    )
+
+
+PROBLEMS_SHOWN = 200
+
+
+def csv_import_view(
+    model_admin, request, *, form, run, audit_action: str, summary, done_url: str, title: str, template: str
+):
+    """An all-or-nothing CSV import from the admin (objections, the audience): every bad
+    line listed and nothing kept, or everything imported with its audit line written in
+    the same transaction. `run(path)` returns a LineErrors report; `summary(report)`
+    gives the audit details and the success message."""
     problems: list[str] = []
     more = 0
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
-        with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as handle:
+        with tempfile.NamedTemporaryFile(suffix=".csv") as handle:
             for chunk in upload.chunks():
                 handle.write(chunk)
-        try:
-            report = objections_import(handle.name)
-        finally:
-            os.unlink(handle.name)
+            handle.flush()
+            with transaction.atomic():
+                report = run(handle.name)
+                if report.ok:
+                    details, message = summary(report)
+                    audit_record(user=request.user, action=audit_action, target=upload.name, details=details)
         if report.ok:
-            audit_record(
-                user=request.user,
-                action=AuditEntry.Action.IMPORT,
-                target=upload.name,
-                details={"rows": report.rows, "imported": report.imported, "already_recorded": report.already_recorded},
-            )
-            messages.success(
-                request,
-                _(
-                    "{rows} rows read: {imported} objections imported, {already} already recorded, "
-                    "{duplicates} duplicates in the file."
-                ).format(
-                    rows=report.rows,
-                    imported=report.imported,
-                    already=report.already_recorded,
-                    duplicates=report.duplicates_in_file,
-                ),
-            )
-            return HttpResponseRedirect(reverse("admin:optout_objectionevent_changelist"))
-        problems = report.errors[:200]
+            messages.success(request, message)
+            return HttpResponseRedirect(done_url)
+        problems = report.errors[:PROBLEMS_SHOWN]
         more = report.error_count - len(problems)
         form.add_error(None, _("Nothing was imported: the file has problems, listed below."))
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.model._meta,
-        "title": _("Import past objections"),
+        "title": title,
         "form": form,
         "problems": problems,
         "more_problems": more,
     }
-    return TemplateResponse(request, "admin/optout/staff_form.html", context, status=400 if form.errors else 200)
+    return TemplateResponse(request, template, context, status=400 if form.errors else 200)
 
 
 class _Echo:
@@ -170,8 +196,16 @@ class _Echo:
 
 
 EXPORT_COLUMNS = (
-    "receipt", "subject_id", "purpose", "action", "source", "received_at", "effective_at",
-    "recorded_at", "campaign_id", "staff_user",
+    "receipt",
+    "subject_id",
+    "purpose",
+    "action",
+    "source",
+    "received_at",
+    "effective_at",
+    "recorded_at",
+    "campaign_id",
+    "staff_user",
 )
 
 
@@ -195,9 +229,16 @@ def export_view(model_admin, request):
         for event in queryset.iterator(chunk_size=2000):
             yield writer.writerow(
                 [
-                    event.receipt, event.subject_id, event.purpose.slug, event.action, event.source,
-                    event.received_at.isoformat(), event.effective_at.isoformat(), event.recorded_at.isoformat(),
-                    event.campaign_id or "", event.staff_user,
+                    event.receipt,
+                    event.subject_id,
+                    event.purpose.slug,
+                    event.action,
+                    event.source,
+                    event.received_at.isoformat(),
+                    event.effective_at.isoformat(),
+                    event.recorded_at.isoformat(),
+                    event.campaign_id or "",
+                    event.staff_user,
                 ]
             )
 
@@ -205,4 +246,3 @@ def export_view(model_admin, request):
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response["Content-Disposition"] = f'attachment; filename="objections-{stamp}.csv"'
     return response
-

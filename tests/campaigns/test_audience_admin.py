@@ -71,7 +71,7 @@ def test_the_import_and_its_audit_line_commit_together(client, staff, monkeypatc
     def audit_fails(**kwargs):
         raise RuntimeError("the audit log is unavailable")
 
-    monkeypatch.setattr("campaigns.admin_audience.audit_record", audit_fails)
+    monkeypatch.setattr("optout.admin_views.audit_record", audit_fails)
     with pytest.raises(RuntimeError):
         _upload(client, GOOD)
     assert not Recipient.objects.exists()

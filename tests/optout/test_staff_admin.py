@@ -80,9 +80,24 @@ def test_it_imports_a_file_uploaded_in_the_admin(client, staff, purpose):
 
     response = client.post(reverse("admin:optout_objectionevent_import"), {"file": upload}, follow=True)
 
-    assert "1 objections imported" in response.content.decode() or "1 rows read" in response.content.decode()
+    assert "1 rows read: 1 objections imported, 0 already recorded, 0 duplicates in the file." in (
+        response.content.decode()
+    )
     assert ObjectionState.objects.get(subject_id="old-1").objected
     assert AuditEntry.objects.get().action == "import"
+
+
+def test_the_import_and_its_audit_line_commit_together(client, staff, purpose, monkeypatch):
+    def audit_fails(**kwargs):
+        raise RuntimeError("the audit log is unavailable")
+
+    monkeypatch.setattr("optout.admin_views.audit_record", audit_fails)
+    upload = SimpleUploadedFile(
+        "past.csv", b"subject_id,purpose,received_at,source\nold-1,ai-training,2024-03-01,web-form\n", "text/csv"
+    )
+    with pytest.raises(RuntimeError):
+        client.post(reverse("admin:optout_objectionevent_import"), {"file": upload})
+    assert not ObjectionEvent.objects.exists() and not ObjectionState.objects.exists()
 
 
 def test_a_bad_upload_lists_its_lines_and_imports_nothing(client, staff, purpose):
