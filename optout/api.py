@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import (
     Http404,
@@ -108,6 +109,9 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # Django's own cap, met while DRF reads the body
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = PayloadTooLarge(_("The body may have at most {limit} bytes.").format(limit=limit))
     if not isinstance(exc, exceptions.APIException):
         logger.exception("API request failed", exc_info=exc)
         return Response(

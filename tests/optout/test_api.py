@@ -271,6 +271,20 @@ def test_the_check_takes_10000_ids_and_answers_413_above(client, read_key):
     assert "10000" in error["message"]
 
 
+
+def test_a_body_over_djangos_own_cap_is_a_413_not_a_500(client, write_key, settings):
+    # Django refuses to read a body above DATA_UPLOAD_MAX_MEMORY_SIZE; an endpoint whose
+    # own limit is higher (the audience sync) met that as a 500.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 200
+    body = {"subject_id": "app-user-8", "source": "in-app", "reason": "x" * 400}
+
+    response = call(client, "post", "/api/v1/objections", key=write_key, body=body)
+
+    error = assert_error(response, 413, "too_large")
+    assert "200" in error["message"]
+    assert not ObjectionEvent.objects.exists()
+
+
 # --- The export ----------------------------------------------------------------------------------
 
 
