@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+
+from anymail.exceptions import AnymailError
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -23,6 +26,8 @@ from campaigns.services import notice_test_send, notice_versions_freeze
 from optout.countries import country_choices
 from optout.models import AuditEntry
 from optout.services import audit_record
+
+logger = logging.getLogger(__name__)
 
 # What staff see in place of a person's values in previews.
 SAMPLE_NAME = "Alex"
@@ -288,6 +293,17 @@ class CampaignAdmin(admin.ModelAdmin):
             messages.error(
                 request,
                 gettext("The campaign lacks values the notice needs: fill in every field under “Notice”."),
+            )
+            return HttpResponseRedirect(back)
+        except (OSError, AnymailError) as exc:  # smtplib's errors are OSErrors too
+            logger.warning("test send of campaign %s failed: %r", campaign.pk, exc)
+            messages.error(
+                request,
+                gettext(
+                    "The mail server did not take the test (%(error)s). Nothing was sent: "
+                    "try again in a moment, or ask whoever runs the mail settings."
+                )
+                % {"error": exc.__class__.__name__},
             )
             return HttpResponseRedirect(back)
         messages.success(

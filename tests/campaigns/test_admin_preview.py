@@ -162,3 +162,29 @@ def test_the_test_page_refuses_a_real_objection_token(client, purpose):
 
     assert response.status_code == 400
     assert "This test link is not valid." in response.content.decode()
+
+
+def test_a_mail_server_that_refuses_the_test_gets_a_message_not_a_server_error(staff_client, purpose, settings):
+    import socket
+
+    from optout.models import AuditEntry
+
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 5
+    campaign = make_campaign(purpose)
+    page = staff_client.get(_preview(campaign), {"lang": "fr"}).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+
+    response = staff_client.post(
+        reverse("admin:campaigns_campaign_notice_send_test", args=[campaign.pk]),
+        {"lang": "fr", "csrfmiddlewaretoken": token},
+    )
+
+    assert response.status_code == 302 and "lang=fr" in response["Location"]
+    shown = staff_client.get(response["Location"]).content.decode()
+    assert "The mail server did not take the test (ConnectionRefusedError). Nothing was sent" in shown
+    assert "Test sent to" not in shown
+    assert not AuditEntry.objects.filter(action=AuditEntry.Action.TEST_SEND).exists()
