@@ -29,7 +29,7 @@ from django.utils.translation import gettext as _
 
 from campaigns.models import Recipient
 from optout.countries import EU_EEA
-from optout.imports import InvalidLines, LineErrors, NeedsCarefulPath
+from optout.imports import InvalidLines, LineErrors, NeedsCarefulPath, read_header
 
 COLUMNS = ("subject_id", "email", "language", "country")
 _COUNTRIES = frozenset(EU_EEA)
@@ -289,24 +289,8 @@ def _parse(path: str, report: AudienceReport, progress: Callable[[int], None] | 
 
 def _parse_text(text: io.TextIOBase, report: AudienceReport) -> Iterator[AudienceRow]:
     reader = csv.reader(text, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        report.add_error(None, _("The file is empty."))
-        return
-    except csv.Error as exc:
-        report.add_error(1, _("not a valid CSV line ({detail}).").format(detail=exc))
-        return
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
-    header = [name.strip().lower() for name in header]
-    missing = [name for name in COLUMNS if name not in header]
-    unknown = [name for name in header if name not in COLUMNS]
-    if missing or unknown:
-        if missing:
-            report.add_error(1, _("missing column(s): {columns}.").format(columns=", ".join(missing)))
-        if unknown:
-            report.add_error(1, _("unknown column(s): {columns}.").format(columns=", ".join(unknown)))
+    header = read_header(reader, report, COLUMNS)
+    if header is None:
         return
     i_subject, i_email, i_language, i_country = (header.index(name) for name in COLUMNS)
     width = len(header)

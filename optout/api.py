@@ -45,7 +45,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from optout.authentication import ApiKeyAuthentication
-from optout.ledger import format_timestamp
+from optout.ledger import EARLIEST_RECEIVED_AT, format_timestamp
 from optout.models import ApiScope, Purpose, Source
 from optout.permissions import HasScope
 from optout.selectors import (
@@ -257,8 +257,23 @@ class SubjectOutputSerializer(serializers.Serializer):
     history = HistoryEventSerializer(many=True)
 
 
+class SubjectIdField(serializers.CharField):
+    """One subject id exactly as sent: a JSON string (a number is not turned into one, nor
+    is the text trimmed), printable, as the imports and the bulk check take them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=SUBJECT_ID_MAX, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not data.isprintable():  # lone surrogates are not printable
+            raise serializers.ValidationError(
+                _("A subject id is a string of 1 to {max} printable characters.").format(max=SUBJECT_ID_MAX)
+            )
+        return super().to_internal_value(data)
+
+
 class ObjectionInputSerializer(serializers.Serializer):
-    subject_id = serializers.CharField(max_length=SUBJECT_ID_MAX)
+    subject_id = SubjectIdField()
     purpose = serializers.CharField(required=False, max_length=64)
     source = serializers.ChoiceField(choices=[(s.value, s.label) for s in API_SOURCES], default=Source.API.value)
     received_at = serializers.DateTimeField(
@@ -269,6 +284,10 @@ class ObjectionInputSerializer(serializers.Serializer):
     def validate_received_at(self, value):
         if value > timezone.now() + timedelta(minutes=5):
             raise serializers.ValidationError(_("This time is in the future."))
+        if value < EARLIEST_RECEIVED_AT:
+            raise serializers.ValidationError(
+                _("This time is before {date}.").format(date=EARLIEST_RECEIVED_AT.date().isoformat())
+            )
         return value
 
 
@@ -285,11 +304,22 @@ class ReceiptSerializer(serializers.Serializer):
 # --- Views ---------------------------------------------------------------------------------
 
 
+class StrictJSONParser(JSONParser):
+    """DRF's JSON parser, with one message of ours for any body that is not JSON: DRF's
+    names Python internals, and a deeply nested body raised RecursionError (a 500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except (exceptions.ParseError, RecursionError):
+            raise exceptions.ParseError(_("The body is not valid JSON.")) from None
+
+
 class ApiView(APIView):
     authentication_classes = (ApiKeyAuthentication,)
     permission_classes = (HasScope,)
     throttle_classes = (ApiClientRateThrottle,)
-    parser_classes = (JSONParser,)
+    parser_classes = (StrictJSONParser,)
     required_scope: str = ApiScope.OBJECTIONS_READ
 
     def get_exception_handler(self):

@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from optout.ledger import GENESIS_HASH, event_hash, format_timestamp, new_receipt_code
+from optout.ledger import EARLIEST_RECEIVED_AT, GENESIS_HASH, event_hash, format_timestamp, new_receipt_code
 from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
 
 REQUIRED_COLUMNS = ("subject_id", "purpose", "received_at", "source")
@@ -36,6 +36,7 @@ MAX_ERRORS_KEPT = 10_000
 _SOURCES = frozenset(Source.values)
 # How far in the future a received_at may be: clocks differ a little.
 _FUTURE_GRACE = timedelta(minutes=5)
+_EMAIL_MAX = ObjectionEvent._meta.get_field("email").max_length
 T = TypeVar("T")
 
 
@@ -78,6 +79,36 @@ class InvalidLines(Exception):
 
 class NeedsCarefulPath(Exception):
     """A fast path's check met a line it does not clear: the line-by-line path decides."""
+
+
+def read_header(
+    reader: Iterator[list[str]], report: LineErrors, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> list[str] | None:
+    """The header line's column names (a byte order mark dropped, trimmed, lower case), or
+    None after naming what is wrong with it: no header, missing, unknown or repeated columns."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        header = []
+    except csv.Error as exc:
+        report.add_error(1, _("not a valid CSV line ({detail}).").format(detail=exc))
+        return None
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    header = [name.strip().lower() for name in header]
+    if not any(header):
+        report.add_error(None, _("The file is empty."))
+        return None
+    missing = [name for name in required if name not in header]
+    unknown = [name for name in header if name not in required + optional]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if missing:
+        report.add_error(1, _("missing column(s): {columns}.").format(columns=", ".join(missing)))
+    if unknown:
+        report.add_error(1, _("unknown column(s): {columns}.").format(columns=", ".join(unknown)))
+    if repeated:
+        report.add_error(1, _("column(s) named more than once: {columns}.").format(columns=", ".join(repeated)))
+    return None if missing or unknown or repeated else header
 
 
 @dataclass
@@ -139,24 +170,8 @@ def _parse(
 ) -> Iterator[_Row]:
     lines = _lines(path, progress)
     reader = csv.reader(lines, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        report.add_error(None, _("The file is empty."))
-        return
-    except csv.Error as exc:
-        report.add_error(1, _("not a valid CSV line ({detail}).").format(detail=exc))
-        return
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
-    header = [name.strip().lower() for name in header]
-    missing = [name for name in REQUIRED_COLUMNS if name not in header]
-    unknown = [name for name in header if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if missing or unknown:
-        if missing:
-            report.add_error(1, _("missing column(s): {columns}.").format(columns=", ".join(missing)))
-        if unknown:
-            report.add_error(1, _("unknown column(s): {columns}.").format(columns=", ".join(unknown)))
+    header = read_header(reader, report, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
+    if header is None:
         return
     index = {name: header.index(name) for name in header}
     width = len(header)
@@ -200,6 +215,8 @@ def _parse(
             )
         elif received_at > future_limit:
             problems.append(_("received_at is in the future"))
+        elif received_at < EARLIEST_RECEIVED_AT:
+            problems.append(_("received_at is before {date}").format(date=EARLIEST_RECEIVED_AT.date().isoformat()))
         source = values[index["source"]].strip()
         if source not in _SOURCES:
             problems.append(
@@ -210,9 +227,12 @@ def _parse(
         email = values[index["email"]].strip() if "email" in index else ""
         if email:
             try:
-                validate_email(email)
+                validate_email(email)  # takes up to 320 characters; the column holds 254
             except ValidationError:
                 problems.append(_("email {email!r} is not a valid address").format(email=email))
+            else:
+                if len(email) > _EMAIL_MAX:
+                    problems.append(_("email is longer than {max} characters").format(max=_EMAIL_MAX))
         if problems:
             report.add_error(line, "; ".join(problems) + ".")
             continue
@@ -231,11 +251,12 @@ def _has_bad_bytes(values: list[str]) -> bool:
 def _parse_timestamp(text: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # documented: times without an offset are UTC
+        # Raises OverflowError for a time whose UTC falls outside years 1 to 9999.
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # documented: times without an offset are UTC
-    return value.astimezone(UTC)
 
 
 # --- loading: SQLite and other backends -----------------------------------------------------
@@ -485,7 +506,7 @@ SELECT count(*),
            AND (to_char(s.received_at::timestamptz, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') = s.received_at
                 OR to_char(s.received_at::timestamptz, 'YYYY-MM-DD') = s.received_at),
            false)),
-       max(s.received_at::timestamptz)
+       max(s.received_at::timestamptz), min(s.received_at::timestamptz)
 FROM import_staging s LEFT JOIN optout_purpose p ON p.slug = s.purpose
 """
 
@@ -532,8 +553,14 @@ def _import_postgres_fast(path: str, now: datetime, progress: Callable[[int], No
                         "email": _FAST_EMAIL,
                     },
                 )
-                report.rows, bad, latest = pg.fetchone()
-                if bad or not report.rows or report.rows != lines or latest > now + _FUTURE_GRACE:
+                report.rows, bad, latest, earliest = pg.fetchone()
+                if (
+                    bad
+                    or not report.rows
+                    or report.rows != lines
+                    or latest > now + _FUTURE_GRACE
+                    or earliest < EARLIEST_RECEIVED_AT
+                ):
                     raise NeedsCarefulPath
                 _import_staged(pg, report, now)
         except (NeedsCarefulPath, psycopg.errors.DataError, psycopg.errors.BadCopyFileFormat):

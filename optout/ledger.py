@@ -13,6 +13,11 @@ from typing import Any
 
 GENESIS_HASH = "0" * 64
 
+# The earliest date an objection may carry (imports, the API). Nothing online predates
+# it, and an older date is a typo; year 1 would also break datetime arithmetic in the
+# feed on SQLite.
+EARLIEST_RECEIVED_AT = datetime(1990, 1, 1, tzinfo=UTC)
+
 # Crockford's base32: no I, L, O or U, so a receipt read aloud or typed is unambiguous.
 _RECEIPT_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -61,9 +66,7 @@ def parse_receipt(text: str) -> tuple[int, int] | None:
 def format_timestamp(value: datetime) -> str:
     """UTC with microseconds, as PostgreSQL's to_char(..., 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')."""
     v = value.astimezone(UTC)
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
-    )
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
 
 
 def _field(value: object) -> str:

@@ -73,6 +73,12 @@ def test_it_refuses_a_file_with_a_missing_column(tmp_path):
     assert not report.ok and report.errors == ["line 1: missing column(s): country."]
 
 
+def test_it_refuses_a_file_that_names_a_column_twice(tmp_path):
+    report = audience_import(_csv(tmp_path, "subject_id,email,language,country,country\nu1,a@example.com,de,DE,FR\n"))
+    assert not report.ok and report.errors == ["line 1: column(s) named more than once: country."]
+    assert Recipient.objects.count() == 0
+
+
 def test_it_reports_through_the_command(tmp_path):
     good = _csv(tmp_path, "subject_id,email,language,country\nu1,ana@example.com,de,DE\n")
     out = StringIO()

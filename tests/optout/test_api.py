@@ -122,6 +122,24 @@ def test_a_key_records_its_last_use(client, purpose):
     assert api_client.last_used_at is not None
 
 
+@pytest.mark.parametrize(
+    ("url", "scope"),
+    [
+        ("/api/v1/objections/check", "objections:read"),
+        ("/api/v1/objections", "objections:write"),
+        ("/api/v1/audience", "audience:write"),
+    ],
+)
+def test_a_deeply_nested_body_is_a_400_not_a_500(client, purpose, url, scope):
+    _client, key = make_key(scope)
+    body = '{"subject_ids": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    response = client.post(url, data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    error = assert_error(response, 400, "parse_error")
+    assert error["message"] == "The body is not valid JSON."
+
+
 def test_unknown_paths_and_methods_answer_in_the_error_shape(client, read_key):
     assert_error(call(client, "get", "/api/v1/nothing-here", key=read_key), 404, "not_found")
     assert_error(call(client, "delete", "/api/v1/objections/changes", key=read_key), 405, "method_not_allowed")
@@ -135,6 +153,7 @@ def test_a_malformed_body_is_a_400_in_the_error_shape(client, read_key):
         HTTP_AUTHORIZATION=f"Bearer {read_key}",
     )
     assert_error(response, 400, "parse_error")
+    assert response.json()["error"]["message"] == "The body is not valid JSON."
     for bad in [{"subject_ids": "a"}, {"subject_ids": [1]}, {"subject_ids": [""]}, {}, {"subject_ids": ["x" * 129]}]:
         error = assert_error(call(client, "post", "/api/v1/objections/check", key=read_key, body=bad), 400, "invalid")
         assert "subject_ids" in error["fields"]
@@ -271,7 +290,6 @@ def test_the_check_takes_10000_ids_and_answers_413_above(client, read_key):
     assert "10000" in error["message"]
 
 
-
 def test_a_body_over_djangos_own_cap_is_a_413_not_a_500(client, write_key, settings):
     # Django refuses to read a body above DATA_UPLOAD_MAX_MEMORY_SIZE; an endpoint whose
     # own limit is higher (the audience sync) met that as a 500.
@@ -388,6 +406,12 @@ def test_an_idempotency_key_reused_for_another_subject_is_a_conflict(client, wri
         {"subject_id": "a", "received_at": "2999-01-01T00:00:00Z"},
         {"subject_id": "a", "purpose": "nope"},
         ["a"],
+        {"subject_id": "a", "received_at": "0001-01-01T00:00:00Z"},
+        {"subject_id": "a", "received_at": "1989-12-31T23:59:59Z"},
+        {"subject_id": 12345},
+        {"subject_id": 1.5e308},
+        {"subject_id": "a\nb"},
+        {"subject_id": None},
     ],
 )
 def test_a_bad_objection_is_refused_and_records_nothing(client, write_key, body):

@@ -151,8 +151,42 @@ def test_a_line_that_would_end_copy_early_is_named_not_cut_off(purpose, write_cs
             ],
         ),
         ("", ["The file is empty."]),
+        ("\ufeff\n", ["The file is empty."]),
+        (
+            "subject_id,purpose,received_at,source\n"
+            "u1,ai-training,0001-01-01T00:00:00+05:00,web-form\n"
+            "u2,ai-training,9999-12-31T23:00:00-05:00,web-form\n"
+            "u3,ai-training,1989-12-31T23:59:59Z,web-form\n"
+            "u4,ai-training,1990-01-01,web-form\n",
+            [
+                "line 2: received_at '0001-01-01T00:00:00+05:00' is not an ISO 8601 date or date and time.",
+                "line 3: received_at '9999-12-31T23:00:00-05:00' is not an ISO 8601 date or date and time.",
+                "line 4: received_at is before 1990-01-01.",
+            ],
+        ),
+        (
+            "subject_id,purpose,received_at,source,email\n"
+            f"u1,ai-training,2025-02-03,web-form,{'a' * 64}@{'b' * 60}.{'c' * 60}.{'d' * 60}.{'e' * 60}.de\n"
+            "u2,ai-training,2025-02-03,web-form,u2@example.org\n",
+            ["line 2: email is longer than 254 characters."],
+        ),
+        (
+            "subject_id,purpose,received_at,source,source\nu1,ai-training,2025-02-03,web-form,api\n",
+            ["line 1: column(s) named more than once: source."],
+        ),
     ],
-    ids=["bad-date", "unknown-purpose", "missing-column", "wrong-encoding", "several-bad-lines", "empty"],
+    ids=[
+        "bad-date",
+        "unknown-purpose",
+        "missing-column",
+        "wrong-encoding",
+        "several-bad-lines",
+        "empty",
+        "only-a-byte-order-mark",
+        "dates-at-the-calendar-edges",
+        "email-over-254-characters",
+        "repeated-column",
+    ],
 )
 def test_a_malformed_file_changes_nothing_and_names_each_bad_line(purpose, write_csv, capsys, content, expected):
     objection_record(subject_id="already-here", source="api")
