@@ -12,10 +12,11 @@ optout/urls.py under a language prefix, e.g. /de/optout/t/<token>/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 from django.core import signing
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import translation
 
 OBJECT_SALT = "demur.optout.object"
@@ -81,9 +82,23 @@ def read_token(token: str, *, salt: str, max_age: int | None = None) -> LinkClai
 
 
 def _absolute(name: str, token: str, language: str) -> str:
+    before, after = _path_around_token(name, language, get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF)
+    return f"{settings.SITE_URL}{before}{token}{after}"
+
+
+# Stands for the token in a cached path (a signed token is letters, digits and "-_.:").
+_TOKEN = "demur.token"
+
+
+@lru_cache(maxsize=256)
+def _path_around_token(name: str, language: str, script_prefix: str, urlconf: str) -> tuple[str, str]:
+    """The path of a link before and after its token: a receipt page and every mail need
+    one, and a reverse() under translation.override() per link was most of the time
+    that making the link took. A token needs no quoting, so the path is the same."""
     with translation.override(language):
-        path = reverse(name, kwargs={"token": token})
-    return f"{settings.SITE_URL}{path}"
+        path = reverse(name, kwargs={"token": _TOKEN}, urlconf=urlconf)
+    before, _token, after = path.partition(_TOKEN)
+    return before, after
 
 
 def objection_url(claims: LinkClaims) -> str:
