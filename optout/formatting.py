@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from babel.dates import format_datetime
 from django.utils import translation
@@ -14,7 +15,15 @@ def when(value: datetime | None) -> str:
     """A date and time as the reader's language writes it (CLDR, through Babel)."""
     if value is None:
         return ""
-    return format_datetime(value, "long", tzinfo=UTC, locale=babel_locale(translation.get_language() or "en"))
+    # CLDR's "long" time shows whole seconds in every language (tests/optout), so all
+    # the moments of one second read the same: a receipt's two dates, and the pages
+    # answered within that second, share one formatting.
+    return _when(value.replace(microsecond=0), translation.get_language() or "en")
+
+
+@lru_cache(maxsize=256)
+def _when(value: datetime, language: str) -> str:
+    return format_datetime(value, "long", tzinfo=UTC, locale=babel_locale(language))
 
 
 def mask_email(email: str) -> str:

@@ -7,6 +7,7 @@ Every bad input ends on a localized page with a 4xx status and records nothing.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.core import is_ratelimited
+from markupsafe import escape as markup_escape
 
 from optout import flows
 from optout.countries import country_name
@@ -46,7 +48,7 @@ from optout.links import (
 )
 from optout.models import Purpose
 from optout.selectors import objection_history, objection_state_get
-from optout.services import LedgerError
+from optout.services import LedgerError, Receipt
 
 
 class TooLarge(Exception):
@@ -69,10 +71,14 @@ def _language_links(request: HttpRequest) -> SafeString:
     under i18n_patterns, so swapping the first path segment is translate_url's answer
     without 26 resolve/reverse round trips per page. The list is rendered once per
     language and process; each page only puts in its own path."""
+    # Safe: the cached list was escaped by its template, the path by escape().
+    return mark_safe(_switcher(translation.get_language()).replace(_REST, escape(_rest_of_path(request))))
+
+
+def _rest_of_path(request: HttpRequest) -> str:
     path = request.get_full_path() if request.method == "GET" else request.path
     _empty, _prefix, rest = path.split("/", 2) if path.count("/") >= 2 else ("", "", "")
-    # Safe: the cached list was escaped by its template, the path by escape().
-    return mark_safe(_switcher(translation.get_language()).replace(_REST, escape(rest)))
+    return rest
 
 
 @lru_cache(maxsize=64)
@@ -92,6 +98,78 @@ def page(request: HttpRequest, template: str, context: dict | None = None, *, st
         "language_name": get_language_info(translation.get_language() or "en")["name_local"],
     }
     response = render(request, f"optout/{template}", context, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# Stand for the person's values in a cached receipt page (no page text contains them).
+_SENTINEL = re.compile("\x00(receipt|recorded|effective|identity|status|rest)\x00")
+_RECEIPT, _RECORDED, _EFFECTIVE, _IDENTITY, _STATUS_URL = (
+    f"\x00{name}\x00" for name in ("receipt", "recorded", "effective", "identity", "status")
+)
+
+
+class _ReceiptStand:
+    """What receipt.html reads of a receipt, in the cached page: the sentinels, and
+    `created`, which the page branches on (part of the cache key). Reading anything else
+    fails loudly rather than showing one person's value to the next."""
+
+    receipt, received_at, effective_at = _RECEIPT, _RECORDED, _EFFECTIVE
+
+    def __init__(self, created: bool) -> None:
+        self.created = created
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # Python's and Jinja's own probes
+            raise AttributeError(name)
+        raise TypeError(f"receipt.html reads receipt.{name}: add it to optout.views._receipt_stencil")
+
+
+_STENCILS: dict[tuple, str] = {}
+
+
+def _receipt_stencil(purpose: Purpose, *, language: str, created: bool, mailed: bool) -> str:
+    """receipt.html in one language, rendered with sentinels for the person's values.
+    The receipt answers every objection, and all of it but six values is the same for
+    everyone in a language: rendered once per language and process (as the language
+    switcher is), it no longer costs each objection a page render."""
+    key = (language, created, mailed, purpose.pk, purpose.name)
+    stencil = _STENCILS.get(key)
+    if stencil is None:
+        context = {
+            "receipt": _ReceiptStand(created),
+            "purpose": purpose,
+            "identity": _IDENTITY,
+            "status_url": _STATUS_URL,
+            "mailed": mailed,
+            "language_links": mark_safe(_switcher(language)),
+            "when": str,  # the dates are sentinels already
+            "language_name": get_language_info(language)["name_local"],
+        }
+        stencil = render_to_string("optout/receipt.html", context)  # no request, so no CSRF token in it
+        if len(_STENCILS) >= 1024:
+            _STENCILS.clear()
+        _STENCILS[key] = stencil
+    return stencil
+
+
+def receipt_page(
+    request: HttpRequest, *, receipt: Receipt, purpose: Purpose, identity: str, status_url: str, mailed: bool
+) -> HttpResponse:
+    """The receipt page: the cached page of this language with the person's values put in
+    (one pass, so no value is read for sentinels), escaped as the template escapes them;
+    the same bytes as a render (tests/optout/test_pages.py)."""
+    language = translation.get_language()
+    values = {
+        "receipt": markup_escape(receipt.receipt),
+        "recorded": markup_escape(when(receipt.received_at)),
+        "effective": markup_escape(when(receipt.effective_at)),
+        "identity": markup_escape(identity),
+        "status": markup_escape(status_url),
+        "rest": escape(_rest_of_path(request)),  # as _language_links escapes it
+    }
+    stencil = _receipt_stencil(purpose, language=language, created=receipt.created, mailed=mailed)
+    response = HttpResponse(_SENTINEL.sub(lambda match: values[match.group(1)], stencil))
     response["Cache-Control"] = "no-store"
     return response
 
@@ -179,16 +257,13 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
             receipt = flows.link_object(claims=claims, reason=form.cleaned_data["reason"], language=language)
         except LedgerError as exc:
             return _bad_link(request, exc)
-        return page(
+        return receipt_page(
             request,
-            "receipt.html",
-            {
-                "receipt": receipt,
-                "purpose": purpose,
-                "identity": identity,
-                "status_url": status_link,
-                "mailed": bool(claims.email) and receipt.created,
-            },
+            receipt=receipt,
+            purpose=purpose,
+            identity=identity,
+            status_url=status_link,
+            mailed=bool(claims.email) and receipt.created,
         )
 
     state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
@@ -338,15 +413,13 @@ def verify(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink as exc:
         return _bad_link(request, exc)
     email = verification.email.strip().lower()
-    return page(
+    return receipt_page(
         request,
-        "receipt.html",
-        {
-            **context,
-            "receipt": receipt,
-            "status_url": status_url(flows.status_claims_for(receipt, language=language, email=email)),
-            "mailed": receipt.created,
-        },
+        receipt=receipt,
+        purpose=verification.purpose,
+        identity=context["identity"],
+        status_url=status_url(flows.status_claims_for(receipt, language=language, email=email)),
+        mailed=receipt.created,
     )
 
 

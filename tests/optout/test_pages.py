@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -414,7 +415,6 @@ def test_it_refuses_an_unknown_status_action(purpose):
     assert ObjectionEvent.objects.count() == 1
 
 
-
 def test_it_answers_an_objection_from_the_status_page_for_a_purpose_gone_since_with_a_bad_link_page(purpose):
     link = local(status_url(LinkClaims("user-1002", "a-purpose-since-deleted", "en")))
 
@@ -480,6 +480,54 @@ def test_it_shows_the_link_page_and_receipt_in_each_language(purpose, language):
     assert receipt in mail.outbox[0].subject
     if language != "en":
         assert "Your objection" not in mail.outbox[0].subject and "We have recorded" not in mail.outbox[0].body
+
+
+@pytest.mark.parametrize("language", [code for code, _name in settings.LANGUAGES])
+def test_the_receipt_page_is_the_same_bytes_as_its_template_rendered_for_the_person(purpose, language):
+    # The receipt is put together from a page cached per language (optout.views.receipt_page):
+    # it must read exactly as receipt.html rendered for this person, escaping included.
+    from django.test import RequestFactory
+
+    from optout.services import Receipt
+    from optout.views import page, receipt_page
+
+    moment = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    request = RequestFactory().post(f"/{language}/optout/t/.eJy<&'\"x:1:y/")
+    with translation.override(language):
+        for created, mailed in [(True, True), (True, False), (False, False)]:
+            receipt = Receipt(
+                receipt="R<&'\">-1", subject_id="s", purpose="ai-training", objected=True, received_at=moment,
+                effective_at=moment + timedelta(days=1, seconds=1), created=created, event_uuid=None,
+            )  # fmt: skip
+            values = {
+                "identity": "o'***@a&b<c>.example",
+                "status_url": "https://x.example/s/?a=1&b='2'\"",
+                "mailed": mailed,
+            }
+            rendered = page(request, "receipt.html", {"receipt": receipt, "purpose": purpose, **values})
+            answered = receipt_page(request, receipt=receipt, purpose=purpose, **values)
+
+            assert answered.content.decode() == rendered.content.decode()
+            assert answered["Content-Type"] == rendered["Content-Type"]
+            assert answered["Cache-Control"] == "no-store"
+            assert "\x00" not in answered.content.decode()
+
+
+@pytest.mark.parametrize("language", [code for code, _name in settings.LANGUAGES])
+def test_a_date_reads_the_same_for_every_moment_of_its_second(language):
+    # when() formats once per second and language: CLDR's long time shows no fraction.
+    from babel.dates import format_datetime
+
+    from optout.countries import babel_locale
+    from optout.formatting import when
+
+    moment = datetime(2026, 3, 1, 9, 30, 15, tzinfo=UTC)
+    later = moment.replace(microsecond=999999)
+    with translation.override(language):
+        shown = format_datetime(later, "long", tzinfo=UTC, locale=babel_locale(language))
+        assert shown == format_datetime(moment, "long", tzinfo=UTC, locale=babel_locale(language))
+        assert when(later) == when(moment) == shown
+        assert "15" in shown  # the seconds
 
 
 def test_it_keeps_the_bench_view_out_of_production_urls():
