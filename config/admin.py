@@ -4,9 +4,13 @@ a language choice in the header (Django's set_language; otherwise Accept-Languag
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.db import DatabaseError
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.translation import gettext_lazy as _
@@ -40,6 +44,20 @@ class DemurAdminSite(admin.AdminSite):
             context = {**self.each_context(request), "title": _("Too many login attempts")}
             return TemplateResponse(request, "admin/login_limited.html", context, status=429)
         return super().login(request, extra_context)
+
+    def admin_view(self, view, cacheable=False):
+        """Every admin page; a query string holding a NUL character (which no PostgreSQL
+        text can hold, so a filter or search on it failed with a 500) goes where Django
+        sends any filter it cannot apply: the same page with ?e=1."""
+        checked = super().admin_view(view, cacheable)
+
+        @wraps(checked)
+        def inner(request, *args, **kwargs):
+            if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+                return HttpResponseRedirect(f"{request.path}?{ERROR_FLAG}=1")
+            return checked(request, *args, **kwargs)
+
+        return inner
 
     def get_urls(self):
         # Dashboards and the regulator's report (campaigns/admin_dashboard.py), staff only.

@@ -99,6 +99,11 @@ class ObjectionStateAdmin(ReadOnlyAdmin):
         return super().get_search_results(request, queryset, search_term)
 
 
+def _jsonable(value):
+    """A form value as the audit log's JSON keeps it (dates as ISO 8601 text)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
 class ApiClientForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
         label=_("scopes"), choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple, required=True
@@ -123,18 +128,35 @@ class ApiClientAdmin(APIKeyModelAdmin):
 
     def save_model(self, request, obj, form, change) -> None:
         if change:
+            # In the admin's transaction: the key and its audit lines commit together.
             obj.save()
+            changed = [name for name in form.changed_data if name != "revoked"]
+            if changed:
+                audit_record(
+                    user=request.user,
+                    action=AuditEntry.Action.KEY_CHANGED,
+                    target=obj.prefix,
+                    details={
+                        name: {"before": _jsonable(form.initial.get(name)), "after": _jsonable(form.cleaned_data[name])}
+                        for name in changed
+                    },
+                )
+            if "revoked" in form.changed_data and obj.revoked:
+                audit_record(user=request.user, action=AuditEntry.Action.KEY_REVOKED, target=obj.prefix)
             return
         key = ApiClient.objects.assign_key(obj)
         obj.save()
         audit_record(
-            user=request.user, action=AuditEntry.Action.KEY_CREATED, target=obj.name, details={"prefix": obj.prefix, "scopes": obj.scopes}
+            user=request.user,
+            action=AuditEntry.Action.KEY_CREATED,
+            target=obj.name,
+            details={"prefix": obj.prefix, "scopes": obj.scopes},
         )
         messages.warning(
             request,
-            gettext("The API key for {name} is: {key} — store it somewhere safe now: it will not be shown again.").format(
-                name=obj.name, key=key
-            ),
+            gettext(
+                "The API key for {name} is: {key} — store it somewhere safe now: it will not be shown again."
+            ).format(name=obj.name, key=key),
         )
 
     @admin.action(description=_("Revoke the selected API keys"), permissions=["change"])

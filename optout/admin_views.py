@@ -17,6 +17,7 @@ from django.http import HttpResponseBadRequest, HttpResponseRedirect, StreamingH
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -111,7 +112,7 @@ def staff_entry_view(model_admin, request):
                     ),
                 )
             url = reverse("admin:optout_objectionevent_changelist")
-            return HttpResponseRedirect(f"{url}?subject_id={data['subject_id']}")
+            return HttpResponseRedirect(f"{url}?{urlencode({'subject_id': data['subject_id']})}")
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.model._meta,
@@ -209,6 +210,16 @@ EXPORT_COLUMNS = (
 )
 
 
+# A cell that starts with one of these is a formula to a spreadsheet; subject ids come
+# from anyone (the public form's account id, the API), so such a cell gets a leading
+# apostrophe, which spreadsheets show as text and do not display.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_text(text: str) -> str:
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
 def export_view(model_admin, request):
     """The events the change list shows with its current filters, as CSV, streamed."""
     _require(request, "export_objections")
@@ -230,7 +241,7 @@ def export_view(model_admin, request):
             yield writer.writerow(
                 [
                     event.receipt,
-                    event.subject_id,
+                    _spreadsheet_text(event.subject_id),
                     event.purpose.slug,
                     event.action,
                     event.source,
@@ -238,7 +249,7 @@ def export_view(model_admin, request):
                     event.effective_at.isoformat(),
                     event.recorded_at.isoformat(),
                     event.campaign_id or "",
-                    event.staff_user,
+                    _spreadsheet_text(event.staff_user),
                 ]
             )
 

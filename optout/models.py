@@ -281,6 +281,7 @@ class AuditEntry(models.Model):
         EXPORT = "export", _("exported objections")
         KEY_CREATED = "key-created", _("created an API key")
         KEY_REVOKED = "key-revoked", _("revoked API keys")
+        KEY_CHANGED = "key-changed", _("changed an API key")
         LAUNCH = "launch", _("launched a campaign")
         PAUSE = "pause", _("paused a campaign")
         RESUME = "resume", _("resumed a campaign")

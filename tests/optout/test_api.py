@@ -456,6 +456,24 @@ def test_the_command_refuses_an_unknown_scope(purpose):
     assert not ApiClient.objects.exists()
 
 
+def test_changing_a_keys_scopes_or_revoking_it_in_its_form_is_audited(admin_client, client, purpose):
+    from optout.models import AuditEntry
+
+    api_client, key = make_key(READ, name="trainer")
+    url = reverse("admin:optout_apiclient_change", args=[api_client.pk])
+
+    admin_client.post(url, {"name": "trainer", "scopes": [READ, WRITE]})
+    (changed,) = AuditEntry.objects.filter(action=AuditEntry.Action.KEY_CHANGED)
+    assert changed.target == api_client.prefix and changed.username == "admin"
+    assert changed.details == {"scopes": {"before": [READ], "after": [READ, WRITE]}}
+
+    admin_client.post(url, {"name": "trainer", "scopes": [READ, WRITE], "revoked": "on"})
+    (revoked,) = AuditEntry.objects.filter(action=AuditEntry.Action.KEY_REVOKED)
+    assert revoked.target == api_client.prefix
+    assert AuditEntry.objects.filter(action=AuditEntry.Action.KEY_CHANGED).count() == 1
+    assert call(client, "get", "/api/v1/objections/changes", key=key).status_code == 401
+
+
 def test_the_admin_shows_a_new_key_once_and_revokes_keys(admin_client, client, purpose):
     add = admin_client.post(reverse("admin:optout_apiclient_add"), {"name": "trainer", "scopes": [READ]}, follow=True)
     shown = [str(m) for m in add.context["messages"]]

