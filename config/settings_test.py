@@ -14,3 +14,5 @@ from config.settings import *  # noqa: E402,F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
 # Pages call static() without a collectstatic run; the manifest storage would refuse.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# The tracking webhooks exist only behind a shared secret (config/urls.py).
+ANYMAIL = {**ANYMAIL, "WEBHOOK_SECRET": "tracking:test-only-secret"}  # noqa: F405

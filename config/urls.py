@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.conf.urls.i18n import i18n_patterns
 from django.contrib import admin
 from django.urls import include, path
@@ -14,11 +15,14 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("optout.api_urls")),
-    # Mail providers' tracking webhooks, e.g. /anymail/mailgun/tracking/ (campaigns.tracking).
-    path("anymail/", include("anymail.urls")),
     # A notice link with its language prefix cut off: reopen it in the token's language.
     path("optout/t/<str:token>/", optout_views.link_without_language),
 ]
+# Mail providers' tracking webhooks, e.g. /anymail/mailgun/tracking/ (campaigns.tracking),
+# only behind anymail's shared secret (HTTP basic auth): without it anyone could post a
+# "bounce" and put any address on the suppression list, since some providers sign nothing.
+if settings.ANYMAIL.get("WEBHOOK_SECRET"):
+    urlpatterns.append(path("anymail/", include("anymail.urls")))
 urlpatterns += i18n_patterns(
     path("optout/", include("optout.urls")),
     prefix_default_language=True,

@@ -3,14 +3,17 @@ delivery and the suppression list once; a replayed or forged webhook changes not
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import importlib
 import json
 import time
 import uuid
 
 import pytest
 from django.test import Client
+from django.urls import clear_url_caches
 
 from campaigns.models import Delivery, Recipient, Suppression, TrackingEvent
 from campaigns.services import campaign_launch
@@ -45,8 +48,11 @@ def _payload(event: str, delivery: Delivery, *, token: str | None = None, key: s
     }
 
 
-def _post(payload: dict):
-    return Client().post(URL, json.dumps(payload), content_type="application/json")
+BASIC_AUTH = "Basic " + base64.b64encode(b"tracking:test-only-secret").decode()  # config/settings_test.py
+
+
+def _post(payload: dict, authorization: str = BASIC_AUTH):
+    return Client().post(URL, json.dumps(payload), content_type="application/json", HTTP_AUTHORIZATION=authorization)
 
 
 @pytest.fixture
@@ -118,3 +124,31 @@ def test_a_complaint_for_an_address_already_suppressed_twice_is_still_recorded(d
     delivery.refresh_from_db()
     assert delivery.complained_at is not None
     assert Suppression.objects.filter(email="ana@example.com", reason="complained").count() == 2
+
+
+def test_a_webhook_without_the_shared_secret_changes_nothing(delivery):
+    bounce = _payload("failed", delivery, severity="permanent", reason="bounce")
+
+    wrong = "Basic " + base64.b64encode(b"tracking:guessed").decode()
+    assert _post(bounce, authorization="").status_code in (400, 401, 403)
+    assert _post(bounce, authorization=wrong).status_code in (400, 401, 403)
+
+    delivery.refresh_from_db()
+    assert delivery.bounced_at is None and not Suppression.objects.exists()
+
+
+def test_without_a_shared_secret_the_webhooks_are_not_served(delivery, settings):
+    import config.urls
+
+    secret = settings.ANYMAIL["WEBHOOK_SECRET"]
+    settings.ANYMAIL = {key: value for key, value in settings.ANYMAIL.items() if key != "WEBHOOK_SECRET"}
+    try:
+        importlib.reload(config.urls)
+        clear_url_caches()
+        response = _post(_payload("failed", delivery, severity="permanent", reason="bounce"))
+        assert response.status_code == 404
+        assert not Suppression.objects.exists()
+    finally:
+        settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": secret}
+        importlib.reload(config.urls)
+        clear_url_caches()
