@@ -5,15 +5,20 @@ middleware, same run, same load generator).
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/demur_pages_bench \\
         .venv/bin/python bench/optout_pages.py --seconds 10 --rounds 3
 
-Needs wrk (Debian: apt-get install -y wrk). The load generators are kept cheap, because
-they share the machine's cores with gunicorn and PostgreSQL:
+Needs wrk and a C compiler (Debian: apt-get install -y wrk gcc). gunicorn runs with the
+production gunicorn.conf.py (so a worker is replaced after max_requests, about 10,000
+requests: each phase line says when that happened). The load generators are kept cheap,
+because they share the machine's cores with gunicorn and PostgreSQL:
   1. max throughput: closed loop, wrk with --connections connections
      (bench/optout_wrk.lua), each request a new connection (gunicorn's sync workers
      close it); objection and baseline phases alternate, --rounds times, so both see the
      same machine load; the figure is the median;
-  2. latency at half load: open loop, an asyncio client sends requests on a fixed
-     schedule at half of each side's own median maximum; p50/p99 from the scheduled send
-     time (no coordinated omission); alternating, --rounds times, medians;
+  2. latency at half load: open loop, bench/optout_openloop.c (compiled into var/ on
+     first use; one process, epoll) sends requests on a fixed schedule at half of each
+     side's own median maximum; p50/p99 from the scheduled send time (no coordinated
+     omission); alternating, --rounds times, medians. (The asyncio client it replaces
+     ran in this process and, on a busy machine, was late by more than the server took:
+     up to seconds at 300/s, where this one was late by under 3 ms at p99);
   3. POST answer -> visible in the change feed: one more open-loop objection phase at
      half load while a poller reads optout.selectors.feed_page every 5 ms and notes when
      each subject first appears (its own phase, so the poller's queries do not weigh on
@@ -29,7 +34,6 @@ queue is flushed afterwards). Targets (issue 3): throughput >= 50 % of the basel
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import os
 import re
@@ -170,19 +174,32 @@ def _wrk_ms(text: str) -> float:
     return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
-def _cpu(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far (Linux /proc)."""
-    total = 0
+def _cpu(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds each process has used so far (Linux /proc)."""
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return used
 
 
-def _server_pids(server: subprocess.Popen) -> tuple[list[int], list[int]]:
+def _used_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings; a process that started since counts from zero."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def _web_cpu(server: subprocess.Popen) -> float:
+    """CPU of gunicorn's workers so far, those it has replaced included (the master's
+    cutime and cstime hold the CPU of the workers it reaped)."""
+    workers, _backends = _server_pids(server, backends=False)
+    fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(_cpu(workers).values()) + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(server: subprocess.Popen, *, backends: bool = True) -> tuple[list[int], list[int]]:
     """The gunicorn workers, and the PostgreSQL backends serving this database (their
     CPU per request is a figure the machine's other load barely moves)."""
     from django.db import connection
@@ -194,13 +211,45 @@ def _server_pids(server: subprocess.Popen) -> tuple[list[int], list[int]]:
                 workers.append(int(stat.parent.name))
         except (OSError, ValueError):
             continue
+    if not backends:
+        return workers, []
     with connection.cursor() as db:
         db.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
             " AND backend_type = 'client backend'"
         )
-        backends = [row[0] for row in db.fetchall()]
-    return workers, backends
+        return workers, [row[0] for row in db.fetchall()]
+
+
+class WorkerBirths:
+    """Notes when gunicorn starts a worker: with max_requests (gunicorn.conf.py) a worker
+    is replaced after about 10,000 requests, and a phase that saw one has measured a
+    cold start as well."""
+
+    def __init__(self, server: subprocess.Popen) -> None:
+        self.server, self.births, self._stop = server, [], threading.Event()
+        self._known: set[int] = set()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError):
+                    continue
+                if ppid == self.server.pid and pid not in self._known:
+                    self._known.add(pid)
+                    self.births.append(time.monotonic())
+            self._stop.wait(0.05)
+
+    def between(self, start: float, end: float) -> int:
+        return sum(1 for born in self.births if start <= born <= end)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -210,43 +259,28 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-async def _send_on_schedule(target: Target, rate: float, total: int, answered: list[float]) -> list[tuple[int, float]]:
-    """Open loop: request n leaves at start + n / rate whatever happened to the earlier
-    ones; each result is (status, seconds from its scheduled time to the full answer)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
-    results: list[tuple[int, float]] = [(0, float("nan"))] * total
-
-    async def one(n: int, scheduled: float) -> None:
-        status = 0
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
-            writer.write(target.raw(n))
-            data = await reader.read()  # to EOF: gunicorn closes after the answer
-            writer.close()
-            status = int(data[9:12])
-        except (OSError, ValueError):
-            pass
-        finished = loop.time()
-        answered[n] = time.monotonic()
-        results[n] = (status, finished - scheduled)
-
-    tasks = []
-    for n in range(total):
-        scheduled = start + n / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(n, scheduled)))
-    await asyncio.gather(*tasks)
-    return results
+def _openloop() -> Path:
+    """The open-loop generator (bench/optout_openloop.c), compiled on first use."""
+    source = ROOT / "bench" / "optout_openloop.c"
+    binary = ROOT / "var" / "bench-optout-openloop"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("Needs a C compiler for the open-loop generator: apt-get install -y gcc")
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
 
 
 def open_loop(target: Target, rate: float, seconds: float, *, subjects: list[str] | None = None) -> dict:
-    """Send on a fixed schedule at `rate`/s. With `subjects`, poll the change feed
-    meanwhile and time each POST answer to the event's first sight in the feed."""
+    """Send on a fixed schedule at `rate`/s (bench/optout_openloop.c, a process of its
+    own); latency counts from each request's scheduled time. With `subjects`, poll the
+    change feed meanwhile and time each POST answer to the event's first sight in it."""
     total = int(rate * seconds)
-    answered = [0.0] * total
+    run = uuid.uuid4().hex[:8]
+    paths_file = ROOT / "var" / f"bench-optout-open-{run}.txt"
+    rest_file = ROOT / "var" / f"bench-optout-open-{run}.http"
+    paths_file.write_text("\n".join(target.paths[:total] if target.kind == "objection" else [target.path(0)]) + "\n")
+    rest_file.write_bytes(target.raw(0).split(b"\r\n", 1)[1])  # all but the request line
     seen: dict[str, float] = {}
     held_back = [0.0]
     stop = threading.Event()
@@ -255,23 +289,30 @@ def open_loop(target: Target, rate: float, seconds: float, *, subjects: list[str
         poller = threading.Thread(target=_poll_feed, args=(seen, held_back, stop))
         poller.start()
     try:
-        results = asyncio.run(_send_on_schedule(target, rate, total, answered))
+        out = subprocess.run(
+            [str(_openloop()), str(target.port), str(rate), str(seconds), str(paths_file), str(rest_file)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
     finally:
+        paths_file.unlink(missing_ok=True)
+        rest_file.unlink(missing_ok=True)
         if poller is not None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not all(s in seen for s in subjects[:total]):
                 time.sleep(0.05)
             stop.set()
             poller.join()
-    latencies = [elapsed for _status, elapsed in results]
+    rows = [tuple(map(int, line.split())) for line in out.splitlines()]
+    latencies = [(answered - scheduled) / 1e9 for _n, scheduled, answered, _status in rows]
     figures = {
         "rate": rate,
         "sent": total,
-        "ok": sum(1 for status, _ in results if status == 200),
+        "ok": sum(1 for *_times, status in rows if status == 200),
         "p50": _pct(latencies, 50),
         "p99": _pct(latencies, 99),
     }
     if subjects is not None:
+        answered = {n: answered / 1e9 for n, _scheduled, answered, _status in rows}
         visible = [max(0.0, seen[s] - answered[n]) for n, s in enumerate(subjects[:total]) if s in seen]
         figures.update(
             feed_p50=_pct(visible, 50),
@@ -365,10 +406,12 @@ def main() -> int:
 
     paths_file = ROOT / "var" / f"bench-optout-paths-{run}.txt"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "config.wsgi", "-w", str(args.workers),
+         "-b", f"127.0.0.1:{port}",
          "--log-level", "warning", "--backlog", "2048", "--access-logfile", "/dev/null"],
         cwd=ROOT, env=env,
     )  # fmt: skip
+    births = WorkerBirths(server)
     try:
         status = 0
         for _ in range(100):
@@ -390,18 +433,20 @@ def main() -> int:
             for kind in ("baseline", "objection"):
                 target = Target(kind, port, csrf, next_slice()[0] if kind == "objection" else None)
                 before = _events()
-                workers, backends = _server_pids(server)
-                cpu = _cpu(workers), _cpu(backends)
+                web_before, db_before = _web_cpu(server), _cpu(_server_pids(server)[1])
+                started = time.monotonic()
                 result = closed_loop(target, args.connections, args.threads, args.seconds, paths_file)
-                result["web_cpu"] = (_cpu(workers) - cpu[0]) / max(result["requests"], 1)
-                result["db_cpu"] = (_cpu(backends) - cpu[1]) / max(result["requests"], 1)
+                restarts = births.between(started, time.monotonic())
+                result["web_cpu"] = (_web_cpu(server) - web_before) / max(result["requests"], 1)
+                result["db_cpu"] = _used_since(db_before, _cpu(_server_pids(server)[1])) / max(result["requests"], 1)
                 written = _events() - before
                 closed[kind].append(result)
                 print(f"round {round_no + 1} max {kind:9s}: {result['rps']:7.1f} req/s, "
                       f"p50 {result['p50'] * 1000:6.1f} ms, p99 {result['p99'] * 1000:6.1f} ms, "
                       f"not 200: {result['errors']}, CPU/request: gunicorn {result['web_cpu'] * 1000:.2f} ms, "
                       f"postgres {result['db_cpu'] * 1000:.2f} ms"
-                      + (f", events written {written} for {result['requests']} answers" if kind == "objection" else ""),
+                      + (f", events written {written} for {result['requests']} answers" if kind == "objection" else "")
+                      + (f", workers restarted: {restarts} (a new worker's start counted)" if restarts else ""),
                       flush=True)  # fmt: skip
         base = statistics.median(r["rps"] for r in closed["baseline"])
         obj = statistics.median(r["rps"] for r in closed["objection"])
@@ -410,14 +455,18 @@ def main() -> int:
         for round_no in range(args.rounds):
             for kind, rate in (("baseline", base / 2), ("objection", obj / 2)):
                 target = Target(kind, port, csrf, next_slice()[0] if kind == "objection" else None)
+                started = time.monotonic()
                 result = open_loop(target, rate, args.seconds)
+                result["restarts"] = births.between(started, time.monotonic())
                 half[kind].append(result)
                 print(f"round {round_no + 1} half {kind:9s}: {rate:6.1f}/s, {result['ok']}/{result['sent']} ok, "
-                      f"p50 {result['p50'] * 1000:6.1f} ms, p99 {result['p99'] * 1000:6.1f} ms", flush=True)  # fmt: skip
+                      f"p50 {result['p50'] * 1000:6.1f} ms, p99 {result['p99'] * 1000:6.1f} ms"
+                      + (f", workers restarted: {result['restarts']}" if result["restarts"] else ""), flush=True)  # fmt: skip
         feed_paths, feed_subjects = next_slice()
         feed = open_loop(Target("objection", port, csrf, feed_paths), obj / 2, args.seconds, subjects=feed_subjects)
         connection.close()
     finally:
+        births.stop()
         server.terminate()
         server.wait(timeout=30)
         paths_file.unlink(missing_ok=True)
