@@ -408,6 +408,13 @@ class ChangeFeedView(ApiView):
             ) from None
         slug = query.validated_data.get("purpose")
         limit = query.validated_data["limit"]
+        if not cursor.allows(slug):
+            raise BadRequest(
+                _("This cursor was read from the feed of another purpose ({purpose}); continue there.").format(
+                    purpose=cursor.scope
+                ),
+                code="bad_cursor",
+            )
         try:
             page = feed_page_json(cursor=cursor, limit=limit, purpose=slug)
         except UnknownPurpose:

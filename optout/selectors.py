@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,16 +22,23 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Cursor:
-    """A position in the change feed: (writing transaction id, event id).
+    """A position in the change feed: (writing transaction id, event id), and the purpose
+    whose feed it was read from.
 
-    Opaque to clients: they get `encode()`'s text back and hand it in unchanged."""
+    A page of one purpose's feed ends at that purpose's last event; events of other
+    purposes before it were not on the page, so its cursor would skip them in another
+    feed. Such a cursor carries the purpose (`scope`) and is refused elsewhere. A cursor
+    of the whole feed, or a horizon (the check's and the export's), has no scope and is
+    good for any feed. Opaque to clients: they get `encode()`'s text back and hand it in
+    unchanged; the version 1 text of earlier releases (no scope) still reads."""
 
     xid: int = 0
     id: int = 0
+    scope: str = ""
 
     def encode(self) -> str:
-        raw = f"1.{self.xid}.{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = f"2.{self.scope}.{self.xid}.{self.id}" if self.scope else f"1.{self.xid}.{self.id}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str | None) -> Cursor:
@@ -38,15 +46,22 @@ class Cursor:
             return cls()
         try:
             padded = text + "=" * (-len(text) % 4)
-            version, xid, event_id = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii").split(".")
-            if version != "1":
-                raise ValueError
-            cursor = cls(int(xid), int(event_id))
+            raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         except (ValueError, UnicodeError, binascii.Error):
             raise BadCursor(text) from None
-        if cursor.xid < 0 or cursor.id < 0:
+        match = _CURSOR_TEXT.fullmatch(raw)
+        if match is None:
             raise BadCursor(text)
-        return cursor
+        return cls(int(match["xid"]), int(match["id"]), match["scope"] or "")
+
+    def allows(self, purpose: str | None) -> bool:
+        """Whether the feed of `purpose` (None: every purpose) may continue from here."""
+        return not self.scope or self.scope == purpose
+
+
+# Canonical text only (no signs, spaces or underscores that int() would take), with
+# numbers that fit PostgreSQL's bigint.
+_CURSOR_TEXT = re.compile(r"(?:1|2\.(?P<scope>[-a-zA-Z0-9_]{1,64}))\.(?P<xid>\d{1,18})\.(?P<id>\d{1,18})")
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,10 @@ _FEED_SQL_SQLITE = f"""
 
 
 def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> FeedPage:
-    """Events after `cursor`, oldest first, never skipping one that commits late."""
+    """Events after `cursor`, oldest first, never skipping one that commits late.
+    BadCursor for a cursor read from another purpose's feed."""
+    if not cursor.allows(purpose):
+        raise BadCursor(cursor.encode())
     purpose_filter = "AND p.slug = %s" if purpose else ""
     if connection.vendor == "postgresql":
         sql = _FEED_SQL_POSTGRES.format(purpose_filter=purpose_filter)
@@ -115,7 +133,7 @@ def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> Feed
     rows = [FeedRow(*row[:7]) for row in raw]
     if raw:
         last = raw[-1]
-        next_cursor = Cursor(last[7] or 0, last[8])
+        next_cursor = Cursor(last[7] or 0, last[8], purpose or "")
     else:
         next_cursor = cursor
     return FeedPage(rows=rows, next_cursor=next_cursor, has_more=len(raw) == limit)
@@ -393,7 +411,10 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
     """feed_page() with the events already encoded as a JSON array, for the API.
 
     Same rows, same order and the same never-skip horizon as feed_page(). Raises
-    UnknownPurpose for a purpose that does not exist (checked in the same statement)."""
+    UnknownPurpose for a purpose that does not exist (checked in the same statement),
+    BadCursor for a cursor read from another purpose's feed."""
+    if not cursor.allows(purpose):
+        raise BadCursor(cursor.encode())
     if connection.vendor != "postgresql":
         import json
 
@@ -410,7 +431,7 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
         raise UnknownPurpose(purpose)
     if not count:
         return FeedJsonPage(b"[]", 0, cursor, False)
-    return FeedJsonPage(b"[" + events + b"]", count, Cursor(last[0] or 0, last[1]), count == limit)
+    return FeedJsonPage(b"[" + events + b"]", count, Cursor(last[0] or 0, last[1], purpose or ""), count == limit)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,14 @@ def test_the_feed_pages_with_an_opaque_cursor_and_filters_by_purpose(client, pur
     rest = json.loads(
         call(client, "get", f"/api/v1/objections/changes?limit=10&cursor={first['next_cursor']}", key=key).content
     )
-    ads = json.loads(call(client, "get", "/api/v1/objections/changes?purpose=ads", key=key).content)
+    ads_response = call(client, "get", "/api/v1/objections/changes?purpose=ads", key=key)
+    ads = json.loads(ads_response.content)
+    # A cursor read from the ads feed would skip the earlier ai-training events there.
+    crossed = call(
+        client, "get", f"/api/v1/objections/changes?purpose=ai-training&cursor={ads['next_cursor']}", key=key
+    )
+    error = assert_error(crossed, 400, "bad_cursor")
+    assert error["message"] == "This cursor was read from the feed of another purpose (ads); continue there."
 
     assert first["has_more"] is True and rest["has_more"] is False
     # The cursor in headers too, so a client can ask for the next page before parsing this one.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 import time
@@ -60,9 +61,12 @@ def drain(read_page, cursor: Cursor, seen: list) -> Cursor:
 def test_the_cursor_round_trips_and_rejects_garbage():
     assert Cursor.decode(Cursor(123, 456).encode()) == Cursor(123, 456)
     assert Cursor.decode(None) == Cursor() == Cursor.decode("")
-    for garbage in ["%%%", "bm9wZQ", Cursor(1, 2).encode()[:-2] + "!!", "MS4tMS4y"]:
+    assert Cursor.decode(Cursor(123, 456, "ads").encode()) == Cursor(123, 456, "ads")
+    noncanonical = ["1. 1.+2", "1.1_0.2", "1.1.9223372036854775808", "2..1.2", "2.a.b.1.2", "3.1.2"]
+    garbage = ["%%%", "bm9wZQ", Cursor(1, 2).encode()[:-2] + "!!", "MS4tMS4y"]
+    for text in garbage + [base64.urlsafe_b64encode(raw.encode()).decode() for raw in noncanonical]:
         with pytest.raises(BadCursor):
-            Cursor.decode(garbage)
+            Cursor.decode(text)
 
 
 # On PostgreSQL the feed shows only committed transactions: these tests commit.
@@ -79,8 +83,14 @@ def test_it_pages_through_events_in_order(purpose):
 
     assert first.has_more and not second.has_more and idle.rows == []
     seen = [(r.subject_id, r.action) for r in first.rows + second.rows]
-    assert seen == [("s0", "objected"), ("s1", "objected"), ("s2", "objected"), ("s3", "objected"),
-                    ("s4", "objected"), ("s0", "withdrawn")]
+    assert seen == [
+        ("s0", "objected"),
+        ("s1", "objected"),
+        ("s2", "objected"),
+        ("s3", "objected"),
+        ("s4", "objected"),
+        ("s0", "withdrawn"),
+    ]
     assert idle.next_cursor == second.next_cursor
 
 
@@ -95,6 +105,32 @@ def test_the_purpose_filter_leaves_other_purposes_out(purpose):
 
     rows = feed_page(cursor=Cursor(), limit=10, purpose="ads").rows
     assert [(r.subject_id, r.purpose) for r in rows] == [("b", "ads")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cursor_from_one_purposes_feed_is_refused_by_the_others(purpose):
+    """Its page ended at that purpose's last event: another feed would skip what lies before."""
+    from optout.models import Purpose
+
+    Purpose.objects.create(slug="ads", name="ads")
+    objection_record(subject_id="ad", source="api", purpose="ads")
+    objection_record(subject_id="ai", source="api")
+    wait_for_horizon()
+
+    ai_page = feed_page(cursor=Cursor(), limit=10, purpose="ai-training")
+    assert ai_page.next_cursor.scope == "ai-training"
+    for other in ("ads", None):
+        with pytest.raises(BadCursor):
+            feed_page(cursor=ai_page.next_cursor, limit=10, purpose=other)
+    assert feed_page(cursor=ai_page.next_cursor, limit=10, purpose="ai-training").rows == []
+
+    # The whole feed's cursor, and a horizon, are good for any purpose's feed.
+    everything = feed_page(cursor=Cursor(), limit=1)
+    assert everything.next_cursor.scope == ""
+    assert [r.subject_id for r in feed_page(cursor=everything.next_cursor, limit=10, purpose="ads").rows] == []
+    assert [r.subject_id for r in feed_page(cursor=everything.next_cursor, limit=10, purpose="ai-training").rows] == [
+        "ai"
+    ]
 
 
 def _late_commit_scenario(read_page):
