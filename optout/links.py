@@ -114,3 +114,12 @@ def status_url(claims: LinkClaims) -> str:
 def unsubscribe_url(claims: LinkClaims) -> str:
     """The List-Unsubscribe target of a notice mail (RFC 8058 one-click)."""
     return _absolute("optout:unsubscribe", make_token(claims, salt=UNSUBSCRIBE_SALT), claims.language)
+
+
+def account_unproven(*, subject_id: str, email: str) -> bool:
+    """True for a public-form objection about an account id the person typed in (the
+    event keeps the verified address, and the subject is not that address): the
+    verification proved the address, not the account. Such a person gets no status link,
+    on the page or in the mail, and no earlier receipt of the account: either would let
+    anyone who knows an account id see, and withdraw, what the account holder decided."""
+    return bool(email) and subject_id != f"email:{email}"

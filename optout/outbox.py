@@ -33,7 +33,7 @@ from django.utils import timezone, translation
 
 from config.logs import request_id_var
 from optout.formatting import when
-from optout.links import LinkClaims, status_url
+from optout.links import LinkClaims, account_unproven, status_url
 from optout.models import ObjectionEvent, OutboxMessage
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def _render_for_event(message: OutboxMessage) -> tuple[str, str, str]:
     claims = LinkClaims(
         subject_id=event.subject_id, purpose=event.purpose.slug, language=message.language, email=message.to
     )
-    context = {"receipt": event, "purpose": event.purpose, "status_url": status_url(claims), "when": when}
+    link = "" if account_unproven(subject_id=event.subject_id, email=event.email) else status_url(claims)
+    context = {"receipt": event, "purpose": event.purpose, "status_url": link, "when": when}
     return _render(EVENT_TEMPLATES[message.kind], message.language, context)
 
 

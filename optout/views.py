@@ -43,6 +43,7 @@ from optout.links import (
     BadLink,
     ExpiredLink,
     LinkClaims,
+    account_unproven,
     read_token,
     status_url,
 )
@@ -413,6 +414,9 @@ def verify(request: HttpRequest, token: str) -> HttpResponse:
     except BadLink as exc:
         return _bad_link(request, exc)
     email = verification.email.strip().lower()
+    if account_unproven(subject_id=receipt.subject_id, email=email):
+        # An account id the person typed: no status link, and no earlier receipt.
+        return page(request, "account_receipt.html", {**context, "receipt": receipt, "mailed": receipt.created})
     return receipt_page(
         request,
         receipt=receipt,

@@ -24,7 +24,7 @@ from optout.links import (
     status_url,
     unsubscribe_url,
 )
-from optout.models import EmailVerification, ObjectionEvent, OutboxMessage
+from optout.models import EmailVerification, ObjectionEvent, ObjectionState, OutboxMessage
 from optout.services import objection_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -322,6 +322,47 @@ def test_it_records_the_objection_once_when_the_verification_link_is_confirmed(p
     assert reused.status_code == 410
     assert "already been used" in text(reused)
     assert ObjectionEvent.objects.count() == 1
+
+
+def test_a_typed_account_id_gets_no_status_link_and_no_earlier_receipt(purpose):
+    """The form proves the address, not the account: someone who knows another person's
+    account id must not see that person's receipt, nor get a link to withdraw it."""
+    victim = objection_record(subject_id="victim-1", source="in-app")
+
+    Client().post("/en/optout/", form_data(email="other@example.org", account_id="victim-1"))
+    verify_link = local(next(link for link in links_in(mail.outbox[-1].body) if "/verify/" in link))
+    confirmed = Client().post(verify_link)
+
+    page = text(confirmed)
+    assert confirmed.status_code == 200
+    assert "An objection is already on record for this account" in page
+    assert victim.receipt not in page and "/status/" not in page
+    state = ObjectionState.objects.get(subject_id="victim-1")
+    assert state.objected and state.receipt == victim.receipt
+    assert ObjectionEvent.objects.count() == 1
+
+    # A new objection for a typed account: its own receipt, but no status link, here or in the mail.
+    mail.outbox.clear()
+    Client().post("/en/optout/", form_data(email="other@example.org", account_id="acct-9"))
+    verify_link = local(next(link for link in links_in(mail.outbox[-1].body) if "/verify/" in link))
+    created = Client().post(verify_link)
+    event = ObjectionEvent.objects.get(subject_id="acct-9")
+    assert event.receipt in text(created) and "/status/" not in text(created)
+    receipt_mail = next(message for message in mail.outbox if event.receipt in message.subject + message.body)
+    assert "/status/" not in receipt_mail.body
+    assert "use the link in a notice we sent to that account" in receipt_mail.body
+
+
+def test_an_address_alone_still_gets_its_status_link(purpose):
+    Client().post("/en/optout/", form_data())
+    verify_link = local(next(link for link in links_in(mail.outbox[-1].body) if "/verify/" in link))
+
+    confirmed = Client().post(verify_link)
+
+    assert "/status/" in text(confirmed)
+    event = ObjectionEvent.objects.get()
+    receipt_mail = next(message for message in mail.outbox if event.receipt in message.subject + message.body)
+    assert "/status/" in receipt_mail.body
 
 
 def test_it_uses_the_address_as_subject_when_no_account_id_is_given(purpose):
