@@ -10,6 +10,12 @@ from optout.countries import EU_EEA, country_choices
 
 REASON_MAX = 2000
 
+# Django's own messages for these rules exist in English only for some of our languages
+# (Maltese has no Django catalog at all), so the pages carry their own.
+_TOO_LONG = _("This is too long: at most %(limit_value)d characters (it has %(show_value)d).")
+_NO_NUL = _("The text cannot contain null characters.")
+TEXT_ERRORS = {"max_length": _TOO_LONG, "null_characters_not_allowed": _NO_NUL}
+
 
 class ReasonField(forms.CharField):
     def __init__(self, **kwargs) -> None:
@@ -20,6 +26,7 @@ class ReasonField(forms.CharField):
             max_length=REASON_MAX,
             strip=True,
             widget=forms.Textarea(attrs={"rows": 4}),
+            error_messages=TEXT_ERRORS,
             **kwargs,
         )
 
@@ -37,10 +44,18 @@ class PublicObjectionForm(forms.Form):
         max_length=254,
         help_text=_("We send a link to this address to check that it is yours."),
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+        error_messages={
+            **TEXT_ERRORS,
+            "required": _("Enter your email address."),
+            "invalid": _("Enter a valid email address, such as name@example.org."),
+        },
     )
     country = forms.ChoiceField(
         label=_("Country where you live"),
-        error_messages={"invalid_choice": _("Choose a country of the EU or the EEA from the list.")},
+        error_messages={
+            "invalid_choice": _("Choose a country of the EU or the EEA from the list."),
+            "required": _("Choose a country of the EU or the EEA from the list."),
+        },
     )
     account_id = forms.CharField(
         label=_("Your account ID (optional)"),
@@ -48,6 +63,7 @@ class PublicObjectionForm(forms.Form):
         required=False,
         max_length=128,
         strip=True,
+        error_messages=TEXT_ERRORS,
     )
     reason = ReasonField()
 

@@ -388,10 +388,12 @@ def test_it_refuses_a_verification_link_older_than_30_minutes(purpose):
     "overrides, message",
     [
         ({"country": "US"}, "Choose a country of the EU or the EEA"),
-        ({"country": ""}, "This field is required"),
+        ({"country": ""}, "Choose a country of the EU or the EEA"),
+        ({"email": ""}, "Enter your email address."),
         ({"email": "not-an-address"}, "Enter a valid email address"),
-        ({"account_id": "a" * 129}, "at most 128 characters"),
+        ({"account_id": "a" * 129}, "at most 128 characters (it has 129)"),
         ({"account_id": "bad\x01id"}, "control characters"),
+        ({"reason": "a\x00b"}, "The text cannot contain null characters."),
     ],
 )
 def test_it_refuses_a_bad_form_with_a_400_naming_the_problem(purpose, overrides, message):
@@ -400,6 +402,22 @@ def test_it_refuses_a_bad_form_with_a_400_naming_the_problem(purpose, overrides,
     assert response.status_code == 400
     assert message in text(response)
     assert EmailVerification.objects.count() == 0 and len(mail.outbox) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"email": "not-an-address"}, "Daħħal indirizz tal-email validu"),
+        ({"account_id": "a" * 129}, "Dan twil wisq: l-aktar 128 karattru (fih 129)."),
+        ({"reason": "a\x00b"}, "It-test ma jistax ikun fih karattri null."),
+    ],
+)
+def test_a_bad_form_is_explained_in_maltese_which_django_has_no_words_for(purpose, overrides, message):
+    response = Client().post("/mt/optout/", form_data(**overrides))
+
+    assert response.status_code == 400
+    assert message in text(response)
+    assert "Enter a valid" not in text(response) and "Ensure this value" not in text(response)
 
 
 def test_it_limits_requests_per_address(purpose, settings):
