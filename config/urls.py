@@ -30,3 +30,4 @@ urlpatterns += i18n_patterns(
 
 # Oversized or malformed request bodies get the localized page, not Django's bare one.
 handler400 = "optout.views.bad_request"
+handler404 = "optout.views.not_found"

@@ -8,7 +8,7 @@ Every bad input ends on a localized page with a 4xx status and records nothing.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import NamedTuple
 
 from django.conf import settings
@@ -28,7 +28,6 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import get_language_info
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 from django_ratelimit.core import is_ratelimited
 from markupsafe import escape as markup_escape
 
@@ -179,6 +178,30 @@ def error_page(request: HttpRequest, *, status: int, title: str, message: str, o
     return page(request, "error.html", {"title": title, "message": message, "offer_form": offer_form}, status=status)
 
 
+def _methods(*allowed: str):
+    """Django's require_http_methods, answering another method with the localized page
+    (405, with Allow) instead of an empty body."""
+
+    def decorate(view):
+        @wraps(view)
+        def inner(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.method not in allowed:
+                response = error_page(
+                    request,
+                    status=405,
+                    title=_("This page does not take that kind of request"),
+                    message=_("Please use the buttons on the page."),
+                    offer_form=False,
+                )
+                response["Allow"] = ", ".join(allowed)
+                return response
+            return view(request, *args, **kwargs)
+
+        return inner
+
+    return decorate
+
+
 def _bad_link(request: HttpRequest, exc: Exception) -> HttpResponse:
     if isinstance(exc, flows.UsedLink):
         return error_page(
@@ -231,7 +254,7 @@ def _claims(token: str, salt: str) -> tuple[LinkClaims, Purpose]:
     return claims, purpose
 
 
-@require_http_methods(["GET", "HEAD", "POST"])
+@_methods("GET", "HEAD", "POST")
 def link(request: HttpRequest, token: str) -> HttpResponse:
     """The page every notice links to. GET only shows it (mail scanners open links);
     POST records the objection and answers with the receipt."""
@@ -277,7 +300,7 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
     return page(request, "link.html", {"form": ObjectForm(), "purpose": purpose, "identity": identity})
 
 
-@require_http_methods(["GET", "HEAD", "POST"])
+@_methods("GET", "HEAD", "POST")
 def status(request: HttpRequest, token: str) -> HttpResponse:
     """Current state and history; withdraw (with a confirmation tick) or object again."""
     try:
@@ -332,7 +355,7 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "HEAD", "POST"])
+@_methods("GET", "HEAD", "POST")
 def public_form(request: HttpRequest) -> HttpResponse:
     """Object without a link: email, country, optional account id and reason; we answer
     with a verification mail, and the same page whether or not the address is known."""
@@ -393,7 +416,7 @@ def _rate_limited(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@require_http_methods(["GET", "HEAD", "POST"])
+@_methods("GET", "HEAD", "POST")
 def verify(request: HttpRequest, token: str) -> HttpResponse:
     """The link in the verification mail. GET asks for a click (scanners open links);
     POST records the objection once."""
@@ -428,7 +451,7 @@ def verify(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @csrf_exempt
-@require_http_methods(["GET", "HEAD", "POST"])
+@_methods("GET", "HEAD", "POST")
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     """RFC 8058 one-click unsubscribe. The mail client POSTs `List-Unsubscribe=One-Click`
     with no cookie, so this view is exempt from CSRF (it can only stop mail) and answers
@@ -482,6 +505,16 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
             "Go back, reload the page and try again."
         ),
         offer_form=False,
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Any page that does not exist (handler404), in the language of its prefix."""
+    return error_page(
+        request,
+        status=404,
+        title=_("This page does not exist"),
+        message=_("Check the address, or start again from the form."),
     )
 
 

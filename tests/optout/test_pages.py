@@ -594,3 +594,22 @@ def test_it_keeps_the_bench_view_out_of_production_urls():
 
     with pytest.raises(Resolver404):
         resolve("/bench/insert-one-row/")
+
+
+@pytest.mark.parametrize(
+    "path", ["/de/optout/t/", "/de/optout/verify/", "/de/optout/t/abc/extra/", "/de/nothing-here/"]
+)
+def test_a_page_that_does_not_exist_says_so_in_the_prefix_language(purpose, path):
+    response = Client().get(path)
+
+    assert response.status_code == 404
+    assert "Diese Seite gibt es nicht" in text(response) and "Not Found" not in text(response)
+    assert "Content-Security-Policy" in response.headers
+
+
+def test_a_method_the_page_does_not_take_gets_the_localized_page_and_allow(purpose):
+    response = Client().put("/pl/optout/")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD, POST"
+    assert "Ta strona nie przyjmuje tego rodzaju żądania" in text(response)
