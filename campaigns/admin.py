@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 from anymail.exceptions import AnymailError
+from csp.decorators import csp_update
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -12,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import get_language, get_language_info, gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -28,6 +30,10 @@ from optout.models import AuditEntry
 from optout.services import audit_record
 
 logger = logging.getLogger(__name__)
+
+# A notice mail shown in a sandboxed frame (srcdoc) lives under the page's CSP, and mails
+# carry their styles inline; no script runs there (the sandbox and script-src forbid it).
+NOTICE_FRAME_CSP = {"style-src": ["'unsafe-inline'"]}
 
 # What staff see in place of a person's values in previews.
 SAMPLE_NAME = "Alex"
@@ -202,6 +208,7 @@ class CampaignAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    @method_decorator(csp_update(NOTICE_FRAME_CSP))
     def notice_preview_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
         campaign = get_object_or_404(Campaign.objects.select_related("purpose"), pk=campaign_id)
         if not self.has_view_permission(request, campaign):
@@ -360,6 +367,10 @@ class NoticeVersionAdmin(admin.ModelAdmin):
             gettext("Mail (HTML)"),
             notice.html,
         )
+
+    @method_decorator(csp_update(NOTICE_FRAME_CSP))
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_add_permission(self, request) -> bool:
         return False  # versions are frozen at launch, never typed in

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from csp.decorators import csp_replace
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -195,6 +196,7 @@ def _done_message(action: str, campaign: Campaign, result) -> str:
 
 
 @xframe_options_sameorigin
+@csp_replace({"frame-ancestors": ["'self'"]})  # framed by the campaign's own change page
 def progress_view(model_admin, request: HttpRequest, campaign_id: int) -> HttpResponse:
     """The progress panel on its own, framed by the change page; it reloads itself with
     <meta http-equiv="refresh"> while mail is in flight (no script: the admin's pages

@@ -20,6 +20,28 @@ from django_ratelimit.core import is_ratelimited
 from config import two_factor
 from config.health import feed_blockers
 
+# The admin's Content Security Policy: the site's own (config/settings.py, where no
+# script runs) plus Django's admin scripts and the data: images of its widgets, all from
+# this origin. Still no inline script or style; the two pages that show a notice mail in
+# a sandboxed frame add inline styles for it (campaigns.admin.NOTICE_FRAME_CSP).
+ADMIN_CSP = {
+    "script-src": ["'self'"],
+    "img-src": ["data:"],
+    "connect-src": ["'self'"],
+    "font-src": ["'self'"],
+    "frame-src": ["'self'"],  # the campaign's progress panel, framed by its change page
+}
+
+
+def with_admin_csp(response):
+    """The response with ADMIN_CSP added to what its view asked for (django-csp's
+    _csp_update, which the CSP middleware applies)."""
+    merged = {name: list(sources) for name, sources in ADMIN_CSP.items()}
+    for name, sources in (getattr(response, "_csp_update", None) or {}).items():
+        merged[name] = [*merged.get(name, []), *sources]
+    response._csp_update = merged
+    return response
+
 
 class DemurAdminSite(admin.AdminSite):
     site_header = _("Demur")
@@ -42,20 +64,20 @@ class DemurAdminSite(admin.AdminSite):
         or for one username (django-ratelimit on the shared cache)."""
         if request.method == "POST" and _login_limited(request):
             context = {**self.each_context(request), "title": _("Too many login attempts")}
-            return TemplateResponse(request, "admin/login_limited.html", context, status=429)
-        return super().login(request, extra_context)
+            return with_admin_csp(TemplateResponse(request, "admin/login_limited.html", context, status=429))
+        return with_admin_csp(super().login(request, extra_context))
 
     def admin_view(self, view, cacheable=False):
-        """Every admin page; a query string holding a NUL character (which no PostgreSQL
-        text can hold, so a filter or search on it failed with a 500) goes where Django
-        sends any filter it cannot apply: the same page with ?e=1."""
+        """Every admin page, under the admin's CSP; a query string holding a NUL character
+        (which no PostgreSQL text can hold, so a filter or search on it failed with a 500)
+        goes where Django sends any filter it cannot apply: the same page with ?e=1."""
         checked = super().admin_view(view, cacheable)
 
         @wraps(checked)
         def inner(request, *args, **kwargs):
             if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
                 return HttpResponseRedirect(f"{request.path}?{ERROR_FLAG}=1")
-            return checked(request, *args, **kwargs)
+            return with_admin_csp(checked(request, *args, **kwargs))
 
         return inner
 

@@ -210,3 +210,18 @@ def test_a_nul_in_an_admin_filter_or_search_is_the_invalid_filter_page_not_a_500
     path = url.split("?")[0]
     assert response.status_code == 302 and response["Location"] == f"{path}?e=1"
     assert admin_client.get(response["Location"]).status_code == 200
+
+
+def test_admin_pages_run_under_a_csp_with_their_own_scripts_and_no_inline_code(client, admin_client, purpose):
+    def policy(response) -> dict[str, list[str]]:
+        header = response["Content-Security-Policy"]
+        return {part.split()[0]: part.split()[1:] for part in header.split(";") if part.strip()}
+
+    login = policy(client.get("/admin/login/"))
+    changelist = policy(admin_client.get(reverse("admin:optout_objectionevent_changelist")))
+
+    for directives in (login, changelist):
+        assert directives["default-src"] == ["'none'"]
+        assert directives["script-src"] == ["'self'"] and directives["style-src"] == ["'self'"]
+        assert directives["frame-ancestors"] == ["'none'"]
+        assert not any("unsafe" in source for sources in directives.values() for source in sources)
