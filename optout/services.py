@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
+import psycopg
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -185,10 +186,32 @@ def _key_reused() -> IdempotencyKeyReused:
     return IdempotencyKeyReused(_("This idempotency key was already used for a different request."))
 
 
+# Bound on the server and prepared once per connection (connections persist, CONN_MAX_AGE):
+# Django's own cursors bind on the client, so PostgreSQL parsed and planned this call
+# with its 18 values spelled out for every objection (about 0.1 ms of its CPU; measured
+# with /proc per backend, 2,000 calls each way). The casts fix the parameter types.
 _APPEND_SQL = (
     "SELECT status, objected, receipt, received_at, effective_at, event_uuid, outbox_id"
-    " FROM demur_objection_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " FROM demur_objection_append(%s::text, %s::text, %s::text, %s::text, %s::timestamptz, %s::timestamptz,"
+    " %s::timestamptz, %s::uuid, %s::integer, %s::text, %s::text, %s::bigint, %s::bigint, %s::text, %s::text,"
+    " %s::text, %s::text, %s::text)"
 )
+
+
+class _PreparingCursor(psycopg.Cursor):
+    """Binds on the server and prepares what it runs, once per connection."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
+
+
+def _prepared_cursor():
+    """A _PreparingCursor on Django's connection, in Django's cursor wrapper (its error
+    translation, execute wrappers and query log stay as for any other statement)."""
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = _PreparingCursor(connection.connection)
+    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
 def _append_postgresql(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
@@ -204,7 +227,7 @@ def _append_postgresql(*, purpose: str, event: dict, mail: tuple[str, str, str] 
         event["idempotency_key"], kind, to, language,
     ]  # fmt: skip
     try:
-        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), _prepared_cursor() as cursor:
             cursor.execute(_APPEND_SQL, params)
             status, objected, receipt, received_at, effective_at, event_uuid, outbox_id = cursor.fetchone()
     except IntegrityError as exc:
