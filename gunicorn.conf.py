@@ -19,9 +19,14 @@ worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
-# Recycle workers now and then so that a slow leak never becomes an outage.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
-max_requests_jitter = 1000
+# Recycle workers now and then so that a slow leak never becomes an outage, but rarely:
+# a new worker imports the project (about 1.1 s of CPU) and warms up while its peers
+# serve alone, which put a half-loaded server's p99 over 160 ms in every window with a
+# replacement (bench/optout_pages.py). At 10,000 requests that was a window a minute at
+# that bench's half load; at 100,000 one in 10 to 20 minutes, too rare to move the p99.
+# The windows come with the request rate per worker: raise it for a busier server.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "100000"))
+max_requests_jitter = max_requests // 10
 # Trust X-Forwarded-* only from the proxy in front (comma-separated addresses).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # No gunicorn access log: paths carry signed tokens. Django writes one JSON access line

@@ -6,8 +6,8 @@ middleware, same run, same load generator).
         .venv/bin/python bench/optout_pages.py --seconds 10 --rounds 3
 
 Needs wrk and a C compiler (Debian: apt-get install -y wrk gcc). gunicorn runs with the
-production gunicorn.conf.py (so a worker is replaced after max_requests, about 10,000
-requests: each phase line says when that happened). The load generators are kept cheap,
+production gunicorn.conf.py (a worker is replaced after max_requests, about 100,000
+requests, which one run does not reach; each phase line says if it happened). The load generators are kept cheap,
 because they share the machine's cores with gunicorn and PostgreSQL:
   1. max throughput: closed loop, wrk with --connections connections
      (bench/optout_wrk.lua), each request a new connection (gunicorn's sync workers
