@@ -29,6 +29,7 @@ from django.utils.translation import gettext as _
 
 from optout.ledger import EARLIEST_RECEIVED_AT, GENESIS_HASH, event_hash, format_timestamp, new_receipt_code
 from optout.models import Action, ObjectionEvent, ObjectionState, Purpose, Source
+from optout.services import state_follow
 
 REQUIRED_COLUMNS = ("subject_id", "purpose", "received_at", "source")
 OPTIONAL_COLUMNS = ("email",)
@@ -313,24 +314,7 @@ def _load_orm(rows: Iterator[_Row], report: ImportReport, now: datetime) -> None
             email=row.email,
         )
         event.save(force_insert=True)
-        state.objected = True
-        state.source = event.source
-        state.received_at = state.effective_at = event.received_at
-        state.receipt = event.receipt
-        state.last_event = event
-        state.head_hash = event.hash
-        state.save(
-            update_fields=[
-                "objected",
-                "source",
-                "received_at",
-                "effective_at",
-                "receipt",
-                "last_event",
-                "head_hash",
-                "updated_at",
-            ]
-        )
+        state_follow(state, event)
         report.imported += 1
 
 

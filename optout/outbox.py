@@ -89,7 +89,8 @@ def _render(template: str, language: str, context: dict) -> tuple[str, str, str]
 
 
 def _render_for_event(message: OutboxMessage) -> tuple[str, str, str]:
-    """The receipt or withdrawal mail of the message's ledger event, with a status link."""
+    """The receipt or withdrawal mail of the message's ledger event, with a status link
+    unless the subject is an account the address was not proven to hold."""
     event = ObjectionEvent.objects.select_related("purpose").get(id=message.event_id)
     claims = LinkClaims(
         subject_id=event.subject_id, purpose=event.purpose.slug, language=message.language, email=message.to

@@ -293,30 +293,36 @@ def _append_python(*, purpose: str, event: dict, mail: tuple[str, str, str] | No
         except IntegrityError:
             raise _key_reused() from None
 
-        state.objected = action == Action.OBJECTED
-        state.source = event["source"]
-        state.received_at = event["received_at"]
-        state.effective_at = event["effective_at"]
-        state.receipt = row.receipt
-        state.last_event = row
-        state.head_hash = row.hash
-        state.save(
-            update_fields=[
-                "objected",
-                "source",
-                "received_at",
-                "effective_at",
-                "receipt",
-                "last_event",
-                "head_hash",
-                "updated_at",
-            ]
-        )
+        state_follow(state, row)
         outbox_id = None
         if mail:
             kind, to, language = mail
             outbox_id = OutboxMessage.objects.create(kind=kind, to=to, language=language, event=row).id
         return _receipt_for(state, purpose, created=True), outbox_id
+
+
+def state_follow(state: ObjectionState, event: ObjectionEvent) -> None:
+    """Move a subject's state to the event just appended to their chain (the ORM paths:
+    SQLite; on PostgreSQL demur_objection_append and the import's SQL do it)."""
+    state.objected = event.action == Action.OBJECTED
+    state.source = event.source
+    state.received_at = event.received_at
+    state.effective_at = event.effective_at
+    state.receipt = event.receipt
+    state.last_event = event
+    state.head_hash = event.hash
+    state.save(
+        update_fields=[
+            "objected",
+            "source",
+            "received_at",
+            "effective_at",
+            "receipt",
+            "last_event",
+            "head_hash",
+            "updated_at",
+        ]
+    )
 
 
 def _replayed_receipt(receipt: Receipt, *, purpose: str, idempotency_key: str) -> Receipt:
