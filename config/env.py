@@ -1,19 +1,24 @@
 """Typed helpers that read settings from the environment.
 
 Every helper raises ImproperlyConfigured naming the variable when a value is malformed,
-so a bad deployment stops at start-up instead of misbehaving later.
+so a bad deployment stops at start-up instead of misbehaving later. The last two say
+where the quick start's private PostgreSQL lives, for the settings and scripts/pg.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 _env = environ.Env()
 
-SUPPORTED_DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
+SUPPORTED_DATABASE_ENGINES = {"django.db.backends.postgresql"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -72,10 +77,28 @@ def env_url_config(name: str, default: str, kind: str) -> dict:
         raise ImproperlyConfigured(f"{name} is not a valid {kind} URL: {exc}") from None
     if kind == "db" and config.get("ENGINE") not in SUPPORTED_DATABASE_ENGINES:
         raise ImproperlyConfigured(
-            f"{name} must be a postgres:// or sqlite:// URL, not {raw.split(':', 1)[0]!r}."
+            f"{name} must be a postgres:// URL, not {raw.split(':', 1)[0]!r}. Demur runs on PostgreSQL only; "
+            "with it unset, scripts/run and scripts/test start a private one (scripts/pg.py)."
         )
     if kind == "cache" and not config.get("BACKEND"):
         raise ImproperlyConfigured(f"{name} names an unknown cache scheme: {raw.split(':', 1)[0]!r}.")
     if kind == "email" and not config.get("EMAIL_BACKEND"):
         raise ImproperlyConfigured(f"{name} names an unknown mail scheme: {raw.split(':', 1)[0]!r}.")
     return config
+
+
+def embedded_postgres_dirs(var_dir: Path) -> tuple[Path, Path]:
+    """The data and socket directories of the private PostgreSQL that scripts/pg.py keeps
+    under the var dir. It listens only on a Unix socket, in its data directory unless that
+    path is too long for a socket address (107 bytes), then in a short one under the temp dir."""
+    data = var_dir.absolute() / "postgres"
+    if len(os.fsencode(data / ".s.PGSQL.5432")) <= 107:
+        return data, data
+    digest = hashlib.sha256(os.fsencode(data)).hexdigest()[:12]
+    return data, Path(tempfile.gettempdir()) / f"demur-pg-{digest}"
+
+
+def embedded_database_url(var_dir: Path) -> str:
+    """DATABASE_URL of the private PostgreSQL's database `demur` (libpq's socket form)."""
+    _data, sockets = embedded_postgres_dirs(var_dir)
+    return f"postgres://postgres@/demur?host={quote(str(sockets))}"

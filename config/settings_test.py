@@ -1,13 +1,21 @@
 """Settings for the test suite: the environment-driven settings with local defaults.
 
 DATABASE_URL, CACHE_URL and CELERY_BROKER_URL pass through unchanged, so `.ci/run` runs
-the same suite against PostgreSQL and Redis; unset, the suite runs on SQLite.
+the same suite against the machine's PostgreSQL and Redis. Without DATABASE_URL the suite
+runs on the private PostgreSQL that scripts/test starts under the var dir (scripts/pg.py),
+where pytest-django creates its test database.
 """
 
 import os
+from pathlib import Path
 
+from config.env import embedded_database_url
+
+_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DEBUG", "true")  # for the defaults below; tests run with DEBUG off
-os.environ.setdefault("DEMUR_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "var", "test"))
+# The server scripts/test starts, under the var dir itself (not var/test/).
+os.environ.setdefault("DATABASE_URL", embedded_database_url(Path(os.environ.get("DEMUR_VAR_DIR") or _ROOT / "var")))
+os.environ.setdefault("DEMUR_VAR_DIR", str(_ROOT / "var" / "test"))
 
 from config.settings import *  # noqa: E402,F403
 
