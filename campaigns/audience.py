@@ -5,9 +5,10 @@ An import is all or nothing: every line is validated first, and one bad line (or
 subject id given twice) rolls the whole file back with every problem listed by line
 number. A subject already in the audience is updated (email, language, country).
 
-On PostgreSQL the rows stream through COPY into a staging table and one set-based
-`INSERT ... ON CONFLICT` upserts them; elsewhere (the SQLite quick start) the ORM does the
-same in batches.
+A plain file goes whole through PostgreSQL's own CSV parser (COPY) while each line is
+checked against a narrow pattern; any other file is parsed and validated line by line and
+its rows stream through COPY. Either way they land in one staging table, written to the
+audience by the same two statements (`staging_write`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from campaigns.models import Recipient
-from optout.countries import EU_EEA
-from optout.imports import InvalidLines, LineErrors, NeedsCarefulPath, read_header
+from core.countries import EU_EEA
+from core.csv_import import InvalidLines, LineErrors, NeedsCarefulPath, read_header
 
 COLUMNS = ("subject_id", "email", "language", "country")
 _COUNTRIES = frozenset(EU_EEA)
@@ -138,10 +139,9 @@ def audience_items_clean(items: list) -> tuple[list[AudienceRow], dict[str, dict
 
 def audience_import(path: str, *, progress: Callable[[int], None] | None = None) -> AudienceReport:
     """Validate and upsert the recipients in `path`: all of them, or none."""
-    if connection.vendor == "postgresql":
-        report = _import_postgres_fast(path, progress)
-        if report is not None:
-            return report
+    report = _import_fast(path, progress)
+    if report is not None:
+        return report
     report = AudienceReport()
     rows = _parse(path, report, progress)
     return audience_load(rows, report)
@@ -161,7 +161,8 @@ _FAST_FIELDS = {
 }
 
 
-def _fast_line_pattern(header: list[str]) -> re.Pattern[bytes]:
+def fast_line_pattern(header: list[str]) -> re.Pattern[bytes]:
+    """The fast path's test of one line of a file whose columns come in `header`'s order."""
     fields = {
         **_FAST_FIELDS,
         "language": b"(?:" + b"|".join(code.encode() for code in sorted(_languages())) + b")",
@@ -170,35 +171,16 @@ def _fast_line_pattern(header: list[str]) -> re.Pattern[bytes]:
     return re.compile(b",".join(fields[name] for name in header) + rb"\r?")
 
 
-def _fast_lines_ok(pattern: re.Pattern[bytes], lines: list[bytes]) -> bool:
+def fast_lines_ok(pattern: re.Pattern[bytes], lines: list[bytes]) -> bool:
+    """Whether every line (without its newline) passes the fast path's test."""
     return max(map(len, lines), default=0) <= _FAST_LINE_MAX and all(map(pattern.fullmatch, lines))
 
 
-# New subjects by a plain INSERT and changed ones by an UPDATE: INSERT ... ON CONFLICT
-# inserts each row speculatively and took 1.7x as long for a million new recipients.
-# Both are correct only for a file without duplicates (checked above). A subject that
-# another writer adds meanwhile makes the INSERT fail, and the file then takes the
-# careful path, whose upsert settles such races.
-_UPDATE_CHANGED_SQL = """
-UPDATE campaigns_recipient r SET
-    email = s.email, language = s.language, country = s.country,
-    updated_at = %(now)s, email_erased_at = NULL
-FROM audience_fast s
-WHERE r.subject_id = s.subject_id
-  AND (r.email, r.language, r.country) IS DISTINCT FROM (s.email, s.language, s.country)
-"""
-_INSERT_NEW_SQL = """
-INSERT INTO campaigns_recipient (subject_id, email, language, country, created_at, updated_at)
-SELECT subject_id, email, language, country, %(now)s, %(now)s FROM audience_fast s
-WHERE NOT EXISTS (SELECT FROM campaigns_recipient r WHERE r.subject_id = s.subject_id)
-"""
-
-
-def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> AudienceReport | None:
+def _import_fast(path: str, progress: Callable[[int], None] | None) -> AudienceReport | None:
     """The whole file through PostgreSQL's own CSV parser (COPY), checked line by line on
-    the way and for duplicates once loaded, then an UPDATE and an INSERT. None when any
-    line needs the careful path (a bad or unusual line, a subject given twice, a
-    malformed CSV): nothing has been written then."""
+    the way and for duplicates once staged, then written. None when any line needs the
+    careful path (a bad or unusual line, a subject given twice, a malformed CSV): nothing
+    has been written then."""
     with open(path, "rb") as handle:
         try:
             header = next(csv.reader([handle.readline().decode("utf-8-sig")]))
@@ -207,41 +189,32 @@ def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> 
         header = [name.strip().lower() for name in header]
         if sorted(header) != sorted(COLUMNS):
             return None
-        pattern = _fast_line_pattern(header)
+        pattern = fast_line_pattern(header)
         report = AudienceReport()
         now = timezone.now()
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 pg = cursor.cursor
-                pg.execute("DROP TABLE IF EXISTS pg_temp.audience_fast")
-                pg.execute("CREATE TEMP TABLE audience_fast (subject_id text, email text, language text, country text)")
-                with pg.copy(f"COPY audience_fast ({', '.join(header)}) FROM STDIN (FORMAT csv)") as copy:
+                staging_create(pg)
+                with pg.copy(f"COPY audience_staging ({', '.join(header)}) FROM STDIN (FORMAT csv)") as copy:
                     tail = b""
                     while chunk := handle.read(1 << 20):
                         copy.write(chunk)
                         lines = (tail + chunk).split(b"\n")
                         tail = lines.pop()
                         report.rows += len(lines)
-                        if not _fast_lines_ok(pattern, lines):
+                        if not fast_lines_ok(pattern, lines):
                             raise NeedsCarefulPath
                         if progress:
                             progress(len(chunk))
                     if tail:
                         report.rows += 1
-                        if not _fast_lines_ok(pattern, [tail]):
+                        if not fast_lines_ok(pattern, [tail]):
                             raise NeedsCarefulPath
-                if not report.rows:
-                    raise NeedsCarefulPath
-                # The UPDATE below would apply one of two rows for the same subject unnoticed.
-                pg.execute("SET LOCAL work_mem = '256MB'")
-                pg.execute("SELECT count(*) - count(DISTINCT subject_id) FROM audience_fast")
-                if pg.fetchone()[0]:
-                    raise NeedsCarefulPath
-                pg.execute(_UPDATE_CHANGED_SQL, {"now": now})
-                report.updated = pg.rowcount
-                pg.execute(_INSERT_NEW_SQL, {"now": now})
-                report.created = pg.rowcount
-                pg.execute("DROP TABLE pg_temp.audience_fast")
+                if not report.rows or staging_duplicated(pg):
+                    raise NeedsCarefulPath  # the careful path names the lines
+                report.created, report.updated = staging_write(pg, now=now)
+                pg.execute("DROP TABLE pg_temp.audience_staging")
         except (NeedsCarefulPath, psycopg.Error):
             return None
     report.unchanged = report.rows - report.created - report.updated
@@ -251,10 +224,9 @@ def _import_postgres_fast(path: str, progress: Callable[[int], None] | None) -> 
 def audience_load(rows: Iterable[AudienceRow], report: AudienceReport) -> AudienceReport:
     """Upsert already-parsed rows in one transaction (the CSV import and the API)."""
     now = timezone.now()
-    load = _load_postgres if connection.vendor == "postgresql" else _load_orm
     try:
         with transaction.atomic():
-            load(report.counted(rows), report, now)
+            _load(report.counted(rows), report, now)
     except InvalidLines:
         report.created = report.updated = report.unchanged = 0
     return report
@@ -321,68 +293,64 @@ def _parse_text(text: io.TextIOBase, report: AudienceReport) -> Iterator[Audienc
 
 
 # --- loading ---------------------------------------------------------------------------------
+#
+# Both paths stage their rows in audience_staging and write them with the same two
+# statements: changed subjects by an UPDATE, new ones by a plain INSERT. INSERT ... ON
+# CONFLICT inserts each row speculatively and took 1.7x as long for a million new
+# recipients (bench/audience_import.py). The UPDATE would apply one of two rows for the
+# same subject unnoticed, so each path checks for duplicates before writing.
 
-
-def _load_orm(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
-    chosen: dict[str, AudienceRow] = {}
-    for row in rows:
-        first = chosen.get(row.subject_id)
-        if first is not None:
-            report.add_error(
-                row.line,
-                _("subject_id {subject_id!r} is also on line {other}.").format(
-                    subject_id=row.subject_id, other=first.line
-                ),
-            )
-            continue
-        chosen[row.subject_id] = row
-    report.check_complete()
-    ids = list(chosen)
-    existing: dict[str, Recipient] = {}
-    for start in range(0, len(ids), 500):
-        for recipient in Recipient.objects.filter(subject_id__in=ids[start : start + 500]):
-            existing[recipient.subject_id] = recipient
-    new, changed = [], []
-    for row in chosen.values():
-        recipient = existing.get(row.subject_id)
-        if recipient is None:
-            new.append(
-                Recipient(
-                    subject_id=row.subject_id,
-                    email=row.email,
-                    language=row.language,
-                    country=row.country,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-        elif (recipient.email, recipient.language, recipient.country) != (row.email, row.language, row.country):
-            recipient.email, recipient.language, recipient.country = row.email, row.language, row.country
-            recipient.updated_at, recipient.email_erased_at = now, None
-            changed.append(recipient)
-    Recipient.objects.bulk_create(new, batch_size=500)
-    Recipient.objects.bulk_update(
-        changed, ["email", "language", "country", "updated_at", "email_erased_at"], batch_size=500
-    )
-    report.created, report.updated = len(new), len(changed)
-    report.unchanged = len(chosen) - len(new) - len(changed)
-
-
-_UPSERT_SQL = """
-WITH upserted AS (
-    INSERT INTO campaigns_recipient AS r (subject_id, email, language, country, created_at, updated_at)
-    SELECT subject_id, email, language, country, %(now)s, %(now)s FROM audience_staging
-    ON CONFLICT (subject_id) DO UPDATE SET
-        email = EXCLUDED.email, language = EXCLUDED.language, country = EXCLUDED.country,
-        updated_at = EXCLUDED.updated_at, email_erased_at = NULL
-    WHERE (r.email, r.language, r.country) IS DISTINCT FROM (EXCLUDED.email, EXCLUDED.language, EXCLUDED.country)
-    RETURNING xmax = 0 AS created
-)
-SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted
+RECIPIENTS_UPDATE_SQL = """
+UPDATE campaigns_recipient r SET
+    email = s.email, language = s.language, country = s.country,
+    updated_at = %(now)s, email_erased_at = NULL
+FROM audience_staging s
+WHERE r.subject_id = s.subject_id
+  AND (r.email, r.language, r.country) IS DISTINCT FROM (s.email, s.language, s.country)
 """
+RECIPIENTS_INSERT_SQL = """
+INSERT INTO campaigns_recipient (subject_id, email, language, country, created_at, updated_at)
+SELECT subject_id, email, language, country, %(now)s, %(now)s FROM audience_staging s
+WHERE NOT EXISTS (SELECT FROM campaigns_recipient r WHERE r.subject_id = s.subject_id)
+"""
+_WRITE_ATTEMPTS = 5
 
 
-def _report_duplicates(pg, report: AudienceReport) -> None:
+def staging_create(pg: psycopg.Cursor) -> None:
+    """An empty audience_staging for this transaction's import; `line` stays empty on
+    the fast path, which never names a line."""
+    pg.execute("DROP TABLE IF EXISTS pg_temp.audience_staging")
+    pg.execute(
+        "CREATE TEMP TABLE audience_staging (line integer, subject_id text, email text, language text, country text)"
+    )
+    pg.execute("SET LOCAL work_mem = '256MB'")  # the duplicate check sorts the whole file
+
+
+def staging_duplicated(pg: psycopg.Cursor) -> bool:
+    """Whether a subject is staged twice."""
+    pg.execute("SELECT count(*) - count(DISTINCT subject_id) FROM audience_staging")
+    return bool(pg.fetchone()[0])
+
+
+def staging_write(pg: psycopg.Cursor, *, now: datetime) -> tuple[int, int]:
+    """Write the staged rows (no subject twice) to the audience: (created, updated). A
+    subject that another writer adds meanwhile makes the INSERT fail; the pair then runs
+    again, and the UPDATE takes that subject."""
+    attempts = _WRITE_ATTEMPTS
+    while True:
+        attempts -= 1
+        try:
+            with transaction.atomic():
+                pg.execute(RECIPIENTS_UPDATE_SQL, {"now": now})
+                updated = pg.rowcount
+                pg.execute(RECIPIENTS_INSERT_SQL, {"now": now})
+                return pg.rowcount, updated
+        except psycopg.errors.UniqueViolation:
+            if not attempts:
+                raise
+
+
+def _report_duplicates(pg: psycopg.Cursor, report: AudienceReport) -> None:
     pg.execute(
         """
         SELECT line, subject_id, first_line FROM (
@@ -398,33 +366,19 @@ def _report_duplicates(pg, report: AudienceReport) -> None:
         )
 
 
-def _load_postgres(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
+def _load(rows: Iterable[AudienceRow], report: AudienceReport, now: datetime) -> None:
     with connection.cursor() as cursor:
         pg = cursor.cursor  # the psycopg cursor, for COPY
-        pg.execute("DROP TABLE IF EXISTS pg_temp.audience_staging")
-        pg.execute(
-            "CREATE TEMP TABLE audience_staging (line integer, subject_id text, email text, language text, country text)"
-        )
+        staging_create(pg)
         with pg.copy("COPY audience_staging (line, subject_id, email, language, country) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row((row.line, row.subject_id, row.email, row.language, row.country))
-        if report.ok:
-            pg.execute("SET LOCAL work_mem = '256MB'")
-            try:
-                # A subject given twice makes PostgreSQL refuse the upsert ("cannot affect
-                # row a second time"); only then are the lines looked up, sparing a sort
-                # of the whole file on every good import.
-                with transaction.atomic():
-                    pg.execute(_UPSERT_SQL, {"now": now})
-                    created, updated = pg.fetchone()
-            except psycopg.errors.CardinalityViolation:
-                _report_duplicates(pg, report)
-        else:
-            _report_duplicates(pg, report)
+        if not report.ok or staging_duplicated(pg):
+            _report_duplicates(pg, report)  # beside any other bad line, so that all are named
         report.check_complete()
+        report.created, report.updated = staging_write(pg, now=now)
         pg.execute("DROP TABLE pg_temp.audience_staging")
-    report.created, report.updated = created, updated
-    report.unchanged = report.rows - created - updated
+    report.unchanged = report.rows - report.created - report.updated
 
 
 # --- retention -------------------------------------------------------------------------------

@@ -7,17 +7,15 @@ than DEMUR_DASHBOARD_MAX_AGE seconds is shown as it is while a Celery task
 (campaigns.dashboard_refresh) takes a new one; a dashboard with no snapshot yet says that
 its first count is under way. The report (campaigns/report.py) always counts afresh.
 
-The counting runs in one read-only REPEATABLE READ transaction on PostgreSQL (unless
-called inside one already), so the
-funnel and the objections come from the same moment; a read-only transaction takes no
-transaction id and so never holds the change feed back.
+The counting runs in one read-only REPEATABLE READ transaction (unless called inside one
+already), so the funnel and the objections come from the same moment; a read-only
+transaction takes no transaction id and so never holds the change feed back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
+
+from campaigns.enqueue import dashboard_refresh_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +161,10 @@ def _recount_later(campaign_id: int | None) -> None:
     """Enqueue one count per dashboard at a time. The mark expires, so a count lost with
     its worker or broker is asked for again by a later view."""
     if cache.add(_lock_key(campaign_id), 1, timeout=5 * settings.DEMUR_DASHBOARD_MAX_AGE):
-        from campaigns.tasks import dashboard_refresh_task
 
         def publish() -> None:
             try:
-                dashboard_refresh_task.delay(campaign_id)
+                dashboard_refresh_enqueue(campaign_id=campaign_id)
             except Exception:  # kombu raises several types for an unreachable broker
                 logger.warning("dashboard %s: could not enqueue a count", campaign_id, exc_info=True)
                 cache.delete(_lock_key(campaign_id))  # so that the next view asks again
@@ -194,7 +193,7 @@ def campaign_stats(*, campaign_id: int | None = None) -> Stats:
     started = time.perf_counter()
     outermost = not connection.in_atomic_block
     with transaction.atomic():
-        if outermost and connection.vendor == "postgresql":
+        if outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         as_of = timezone.now()
@@ -310,29 +309,27 @@ def _add_objections(campaign_id: int | None, groups: Groups) -> None:
             counts.withdrawn += int(withdrawn or 0)
 
 
+_DAYS = """
+SELECT (e.received_at AT TIME ZONE 'UTC')::date, 'objected', COUNT(*) FROM optout_objectionevent e
+WHERE {where} AND e.action = 'objected' GROUP BY 1
+UNION ALL
+SELECT (w.received_at AT TIME ZONE 'UTC')::date, 'withdrawn', COUNT(*) FROM optout_objectionevent w
+JOIN (
+    SELECT e.subject_id, e.purpose_id, MIN(e.id) AS first_id FROM optout_objectionevent e
+    WHERE {where} AND e.action = 'objected' GROUP BY e.subject_id, e.purpose_id
+) o ON w.subject_id = o.subject_id AND w.purpose_id = o.purpose_id AND w.id > o.first_id
+WHERE w.action = 'withdrawn'
+GROUP BY 1
+"""
+
+
 def _days(campaign_id: int | None) -> list[Day]:
     """Objections through the campaign, and their later withdrawals, per day (UTC)."""
     where, params = _where(campaign_id, "e.campaign_id")
-    received_on, day_params = connection.ops.datetime_cast_date_sql("e.received_at", (), "UTC")
-    withdrawn_on, _ = connection.ops.datetime_cast_date_sql("w.received_at", (), "UTC")
-    sql = f"""
-        SELECT {received_on}, 'objected', COUNT(*) FROM optout_objectionevent e
-        WHERE {where} AND e.action = 'objected' GROUP BY 1
-        UNION ALL
-        SELECT {withdrawn_on}, 'withdrawn', COUNT(*) FROM optout_objectionevent w
-        JOIN (
-            SELECT e.subject_id, e.purpose_id, MIN(e.id) AS first_id FROM optout_objectionevent e
-            WHERE {where} AND e.action = 'objected' GROUP BY e.subject_id, e.purpose_id
-        ) o ON w.subject_id = o.subject_id AND w.purpose_id = o.purpose_id AND w.id > o.first_id
-        WHERE w.action = 'withdrawn'
-        GROUP BY 1
-    """
     by_day: dict[dt.date, Day] = {}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*day_params, *params, *day_params, *params])
+        cursor.execute(_DAYS.format(where=where), [*params, *params])
         for day, action, n in cursor.fetchall():
-            if isinstance(day, str):  # SQLite
-                day = dt.date.fromisoformat(day)
             entry = by_day.setdefault(day, Day(day))
             setattr(entry, action, entry.__dict__[action] + n)
     if not by_day:
@@ -345,33 +342,18 @@ def _days(campaign_id: int | None) -> list[Day]:
     ]
 
 
+_EFFECT = """
+SELECT COUNT(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM e.effective_at - e.received_at)),
+       MAX(EXTRACT(EPOCH FROM e.effective_at - e.received_at))
+FROM optout_objectionevent e
+WHERE {where} AND e.action = 'objected'
+"""
+
+
 def _effect(campaign_id: int | None) -> Effect:
     where, params = _where(campaign_id, "e.campaign_id")
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                f"""SELECT COUNT(*),
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM e.effective_at - e.received_at)),
-                    MAX(EXTRACT(EPOCH FROM e.effective_at - e.received_at))
-                FROM optout_objectionevent e WHERE {where} AND e.action = 'objected'""",
-                params,
-            )
-            count, median, maximum = cursor.fetchone()
-            return Effect(
-                count, float(median) if median is not None else None, float(maximum) if maximum is not None else None
-            )
-        cursor.execute(
-            f"SELECT e.received_at, e.effective_at FROM optout_objectionevent e WHERE {where} AND e.action = 'objected'",
-            params,
-        )
-        seconds = [
-            (_as_datetime(effective) - _as_datetime(received)).total_seconds()
-            for received, effective in cursor.fetchall()
-        ]
-    if not seconds:
-        return Effect()
-    return Effect(len(seconds), statistics.median(seconds), max(seconds))
-
-
-def _as_datetime(value) -> dt.datetime:
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+        cursor.execute(_EFFECT.format(where=where), params)
+        count, median, maximum = cursor.fetchone()
+    return Effect(count, float(median) if median is not None else None, float(maximum) if maximum is not None else None)

@@ -48,10 +48,12 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from campaigns import notice_mime
+from campaigns.enqueue import dispatch_enqueue
 from campaigns.models import Campaign, Delivery, NoticeVersion, Recipient, Suppression
 from campaigns.notices import notice_email, notice_links
 from campaigns.ratelimit import tokens_take
-from config.metrics import deliveries_counted
+from campaigns.services import recipients_mark_campaign_ended
+from core.metrics import deliveries_counted
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +104,9 @@ class BatchResult:
 STOP = BatchResult(more=False)
 
 
-# --- enqueueing ---------------------------------------------------------------------------
-
-
-def dispatch_enqueue(*, campaign_id: int, chains: int | None = None) -> None:
-    """Start dispatch tasks for a running campaign (call on commit). Each task sends a
-    batch and enqueues its successor, so `chains` tasks work in parallel. A publish that
-    fails is logged and left to the tick, which restarts stalled campaigns."""
-    from campaigns.tasks import dispatch_task
-
-    eager = dispatch_task.app.conf.task_always_eager
-    for _n in range(1 if eager else chains or settings.DEMUR_DISPATCH_PARALLELISM):
-        try:
-            dispatch_task.apply_async((campaign_id,), retry=False)
-        except Exception:  # kombu raises several types for an unreachable broker
-            logger.warning("campaign %s: could not enqueue dispatch; the tick will", campaign_id, exc_info=True)
-            return
-
-
 # --- one batch ----------------------------------------------------------------------------
 
-_CLAIM_SQL_PG = """
+_CLAIM_SQL = """
 UPDATE campaigns_delivery d
 SET status = 'claimed', claim = %(claim)s, claimed_at = %(now)s, attempts = d.attempts + 1
 FROM (
@@ -136,24 +120,11 @@ WHERE d.id = c.id
 RETURNING d.id, d.subject_id, d.notice_version_id, d.objected_at, d.attempts
 """
 
-# SQLite has one writer at a time: the conditional UPDATE alone is the claim.
-_CLAIM_SQL_SQLITE = """
-UPDATE campaigns_delivery
-SET status = 'claimed', claim = %(claim)s, claimed_at = %(now)s, attempts = attempts + 1
-WHERE id IN (
-    SELECT id FROM campaigns_delivery
-    WHERE campaign_id = %(campaign)s AND channel = 'mail' AND status = 'pending'
-      AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
-    ORDER BY id LIMIT %(limit)s
-)
-RETURNING id, subject_id, notice_version_id, objected_at, attempts
-"""
-
 # One statement per group: the outcomes of the mails just sent (expected "sending"), the
 # rows never handed over (skipped, unrenderable: expected "claimed") and the next group
 # marked "sending" (expected "claimed"). Columns other than status are kept on rows
 # being marked "sending" (a retry keeps its last error until its new outcome).
-_RECORD_SQL_PG = """
+_RECORD_SQL = """
 UPDATE campaigns_delivery d SET
     status = o.status,
     sent_at = CASE WHEN o.status = 'sending' THEN d.sent_at ELSE o.sent_at END,
@@ -164,17 +135,6 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS o(
     id bigint, status text, expect text, sent_at timestamptz, message_id text, error text, next_at timestamptz
 )
 WHERE d.id = o.id AND d.claim = %(claim)s AND d.status = o.expect
-"""
-
-# SQLite (the quick start): the same, one row per statement in one executemany.
-_RECORD_SQL_SQLITE = """
-UPDATE campaigns_delivery SET
-    status = %(status)s,
-    sent_at = CASE WHEN %(status)s = 'sending' THEN sent_at ELSE %(sent_at)s END,
-    message_id = CASE WHEN %(status)s = 'sending' THEN message_id ELSE %(message_id)s END,
-    error = CASE WHEN %(status)s = 'sending' THEN error ELSE %(error)s END,
-    next_attempt_at = CASE WHEN %(status)s = 'sending' THEN next_attempt_at ELSE %(next_at)s END
-WHERE id = %(id)s AND claim = %(claim)s AND status = %(expect)s
 """
 
 
@@ -200,31 +160,12 @@ def _version(version_id: int) -> NoticeVersion:
 
 
 def _claim(campaign_id: int, limit: int, claim: uuid.UUID, now: dt.datetime) -> list[_Row]:
-    sql = _CLAIM_SQL_PG if connection.vendor == "postgresql" else _CLAIM_SQL_SQLITE
-    params = {"claim": _db_uuid(claim), "now": _db_datetime(now), "campaign": campaign_id, "limit": limit}
+    params = {"claim": claim, "now": now, "campaign": campaign_id, "limit": limit}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_CLAIM_SQL, params)
         rows = [_Row(*row) for row in cursor.fetchall()]
-    rows.sort(key=lambda row: row.id)
-    if connection.vendor != "postgresql":
-        rows = [_Row(r.id, r.subject_id, r.version_id, _sqlite_datetime(r.objected_at), r.attempts) for r in rows]
+    rows.sort(key=lambda row: row.id)  # RETURNING follows no order
     return rows
-
-
-def _db_uuid(value: uuid.UUID):
-    """PostgreSQL has a uuid type; elsewhere Django keeps UUIDs as 32 hex digits."""
-    return value if connection.vendor == "postgresql" else value.hex
-
-
-def _db_datetime(value: dt.datetime | None):
-    """Raw SQL parameters: SQLite keeps datetimes as naive UTC text, as Django writes them."""
-    return None if value is None else connection.ops.adapt_datetimefield_value(value)
-
-
-def _sqlite_datetime(value) -> dt.datetime | None:
-    if value is None or isinstance(value, dt.datetime):
-        return value
-    return dt.datetime.fromisoformat(value)
 
 
 _RECORD_KEYS = ("id", "status", "expect", "sent_at", "message_id", "error", "next_at")
@@ -235,7 +176,7 @@ class _Recorder:
     statement (one round trip per group rather than per mail)."""
 
     def __init__(self, claim: uuid.UUID) -> None:
-        self.claim = _db_uuid(claim)
+        self.claim = claim
         self.entries: list[tuple] = []
 
     def outcome(
@@ -260,26 +201,10 @@ class _Recorder:
         self.entries = []
         if not entries:
             return True
+        # One JSON parameter: quoting seven arrays into the statement costs more.
+        rows = [dict(zip(_RECORD_KEYS, entry, strict=True)) for entry in entries]
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # One JSON parameter: quoting seven arrays into the statement costs more.
-                rows = [dict(zip(_RECORD_KEYS, entry, strict=True)) for entry in entries]
-                cursor.execute(
-                    _RECORD_SQL_PG, {"claim": self.claim, "rows": json.dumps(rows, default=dt.datetime.isoformat)}
-                )
-            else:
-                cursor.executemany(
-                    _RECORD_SQL_SQLITE,
-                    [
-                        {
-                            **dict(zip(_RECORD_KEYS, entry, strict=True)),
-                            "claim": self.claim,
-                            "sent_at": _db_datetime(entry[3]),
-                            "next_at": _db_datetime(entry[6]),
-                        }
-                        for entry in entries
-                    ],
-                )
+            cursor.execute(_RECORD_SQL, {"claim": self.claim, "rows": json.dumps(rows, default=dt.datetime.isoformat)})
             if cursor.rowcount != len(entries):
                 return False
         outcomes = Counter(entry[1] for entry in entries if entry[1] != S.SENDING)
@@ -480,8 +405,6 @@ def _pause_on_errors(campaign_id: int, *, sent: int, failed: int) -> None:
 def campaign_complete(*, campaign_id: int, now: dt.datetime | None = None) -> bool:
     """running -> completed once no mail is pending or in a worker's hands. A campaign
     with in-app notices keeps showing them until its end of sending (or a cancel)."""
-    from campaigns.services import recipients_mark_campaign_ended
-
     now = now or timezone.now()
     busy = Delivery.objects.filter(
         campaign_id=campaign_id, channel=Delivery.Channel.MAIL, status__in=[S.PENDING, S.CLAIMED, S.SENDING]
@@ -500,8 +423,6 @@ def campaign_complete(*, campaign_id: int, now: dt.datetime | None = None) -> bo
 def campaign_expire(*, campaign_id: int, now: dt.datetime | None = None) -> int:
     """Past its end of sending nothing more goes out: pending mail expires and the
     campaign completes. Returns the number of deliveries expired."""
-    from campaigns.services import recipients_mark_campaign_ended
-
     now = now or timezone.now()
     with transaction.atomic():
         done = Campaign.objects.filter(

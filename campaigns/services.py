@@ -10,17 +10,10 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
 
-from campaigns.models import (
-    Campaign,
-    Delivery,
-    NoticeVersion,
-    ObjectedPolicy,
-    Recipient,
-    Suppression,
-)
+from campaigns.enqueue import dispatch_enqueue
+from campaigns.models import Campaign, Delivery, NoticeVersion, ObjectedPolicy, Recipient
 from campaigns.notices import notice_build, notice_email
-from config.metrics import deliveries_counted
-from optout.models import ObjectionState
+from core.metrics import deliveries_counted
 
 
 def notice_versions_freeze(*, campaign_id: int) -> list[NoticeVersion]:
@@ -112,8 +105,6 @@ def campaign_launch(*, campaign_id: int, now: dt.datetime | None = None) -> int:
     start in the future) or running. Returns the number of deliveries created.
 
     Only a draft can be launched: launching again creates nothing and says why."""
-    from campaigns.dispatch import dispatch_enqueue
-
     now = now or timezone.now()
     campaign = Campaign.objects.get(pk=campaign_id)
     if campaign.status != Campaign.Status.DRAFT:
@@ -177,65 +168,19 @@ def deliveries_create(*, campaign: Campaign) -> int:
         )
         if wanted
     ]
-    skip_objected = campaign.objected_policy == ObjectedPolicy.SKIP
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _DELIVERIES_SQL,
-                {
-                    "campaign": campaign.pk,
-                    "purpose": campaign.purpose_id,
-                    "channels": channels,
-                    "countries": list(campaign.countries),
-                    "languages": list(campaign.languages),
-                    "skip_objected": skip_objected,
-                },
-            )
-            return cursor.rowcount
-    return _deliveries_create_orm(campaign, channels, skip_objected)
-
-
-def _deliveries_create_orm(campaign: Campaign, channels: list[str], skip_objected: bool) -> int:
-    """The same as _DELIVERIES_SQL for SQLite (the quick start), in batches."""
-    versions = dict(NoticeVersion.objects.filter(campaign=campaign).values_list("language", "id"))
-    recipients = Recipient.objects.filter(language__in=list(versions))
-    if campaign.countries:
-        recipients = recipients.filter(country__in=campaign.countries)
-    if campaign.languages:
-        recipients = recipients.filter(language__in=campaign.languages)
-    suppressed_subjects = set(Suppression.objects.exclude(subject_id="").values_list("subject_id", flat=True))
-    suppressed_emails = set(Suppression.objects.exclude(email="").values_list("email", flat=True))
-    objected = dict(
-        ObjectionState.objects.filter(purpose_id=campaign.purpose_id, objected=True).values_list(
-            "subject_id", "received_at"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _DELIVERIES_SQL,
+            {
+                "campaign": campaign.pk,
+                "purpose": campaign.purpose_id,
+                "channels": channels,
+                "countries": list(campaign.countries),
+                "languages": list(campaign.languages),
+                "skip_objected": campaign.objected_policy == ObjectedPolicy.SKIP,
+            },
         )
-    )
-    before = Delivery.objects.filter(campaign=campaign).count()
-    batch = []
-    for recipient in recipients.iterator(chunk_size=2000):
-        objected_at = objected.get(recipient.subject_id)
-        for channel in channels:
-            if channel == Delivery.Channel.MAIL and (
-                not recipient.email
-                or recipient.subject_id in suppressed_subjects
-                or recipient.email in suppressed_emails
-            ):
-                continue
-            batch.append(
-                Delivery(
-                    campaign=campaign,
-                    subject_id=recipient.subject_id,
-                    channel=channel,
-                    notice_version_id=versions[recipient.language],
-                    objected_at=objected_at,
-                    status=Delivery.Status.SKIPPED if objected_at and skip_objected else Delivery.Status.PENDING,
-                )
-            )
-        if len(batch) >= 2000:
-            Delivery.objects.bulk_create(batch, ignore_conflicts=True)
-            batch = []
-    Delivery.objects.bulk_create(batch, ignore_conflicts=True)
-    return Delivery.objects.filter(campaign=campaign).count() - before
+        return cursor.rowcount
 
 
 def campaign_pause(*, campaign_id: int, reason: str = "") -> None:
@@ -250,8 +195,6 @@ def campaign_pause(*, campaign_id: int, reason: str = "") -> None:
 
 
 def campaign_resume(*, campaign_id: int) -> None:
-    from campaigns.dispatch import dispatch_enqueue
-
     with transaction.atomic():
         _transition(
             campaign_id,

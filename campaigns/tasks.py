@@ -1,5 +1,6 @@
 """Celery tasks of the campaign engine. Each takes ids, re-reads rows and calls a service;
-running one twice does no harm (claims are conditional UPDATEs)."""
+running one twice does no harm (claims are conditional UPDATEs). The modules called here
+start these tasks by name (campaigns.enqueue), never by importing this one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from celery import shared_task
 from django.conf import settings
 
 from campaigns.audience import recipients_erase_expired
+from campaigns.dashboard import stats_refresh
 from campaigns.dispatch import campaigns_tick, dispatch_batch
 
 
@@ -45,6 +47,4 @@ def retention_task() -> int:
 @shared_task(name="campaigns.dashboard_refresh", ignore_result=True)
 def dashboard_refresh_task(campaign_id: int | None) -> None:
     """Count a dashboard's figures again (campaigns.dashboard); None: the overall one."""
-    from campaigns.dashboard import stats_refresh
-
     stats_refresh(campaign_id=campaign_id)

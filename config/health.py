@@ -76,7 +76,7 @@ def _check_cache() -> str:
 def _check_broker() -> str:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return "in-process"
-    from config.celery import app
+    from celery import current_app as app
 
     try:
         with app.connection_for_write() as conn:
@@ -100,8 +100,6 @@ def feed_blockers(*, older_than: float = 0.0) -> list[FeedBlocker]:
     (optout.selectors.feed_page), so a session left idle in transaction stalls every
     poller until it ends: PostgreSQL's idle_in_transaction_session_timeout bounds that.
     The horizon is cluster-wide: sessions of every database count."""
-    if connection.vendor != "postgresql":
-        return []
     with connection.cursor() as cursor:
         cursor.execute(
             """

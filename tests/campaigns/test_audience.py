@@ -180,14 +180,16 @@ def test_it_refuses_addresses_with_misplaced_dots_or_hyphens(tmp_path, email):
     assert not Recipient.objects.exists()
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp_path):
-    """The fast path inserts new subjects without ON CONFLICT; when another transaction
-    adds one of them meanwhile, the file falls back to the upsert and nobody is lost."""
+@pytest.mark.parametrize("quote", ["", '"'], ids=["fast path", "line-by-line path"])
+def test_a_subject_another_writer_adds_during_the_import_is_updated_not_lost(tmp_path, quote):
+    """New subjects are inserted without ON CONFLICT; when another transaction adds one
+    of them meanwhile, the import writes again and nobody is lost. A quoted field sends
+    the file through the line-by-line path."""
     path = _csv(
         tmp_path,
-        "subject_id,email,language,country\nu1,a@example.com,de,DE\nu2,b@example.com,de,DE\nu3,c@example.com,de,DE\n",
+        "subject_id,email,language,country\n"
+        + "".join(f"{quote}u{n}{quote},{email}@example.com,de,DE\n" for n, email in ((1, "a"), (2, "b"), (3, "c"))),
     )
     params = connection.get_connection_params()
     other = psycopg.connect(**params)

@@ -190,11 +190,11 @@ def test_a_broker_that_is_down_leaves_the_page_up_and_the_next_view_asks_again(
 
     asked = []
 
-    def broker_down(*args):
-        asked.append(args)
+    def broker_down(args=(), kwargs=None, **options):
+        asked.append(tuple(args))
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(dashboard_refresh_task, "delay", broker_down)
+    monkeypatch.setattr(dashboard_refresh_task, "apply_async", broker_down)
     url = reverse("admin:demur-campaign-dashboard", args=[campaign.pk])
 
     for _ in range(2):
