@@ -17,7 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def median_seconds(run: Callable[[], None], *, repeats: int, before: Callable[[], None] | None = None) -> tuple[float, list[float]]:
+def median_seconds(
+    run: Callable[[], None], *, repeats: int, before: Callable[[], None] | None = None
+) -> tuple[float, list[float]]:
     """Run `before` (untimed) then `run` (timed) `repeats` times; the median and all times."""
     times = []
     for _ in range(repeats):
@@ -46,7 +48,9 @@ def django_env(database_url: str, **extra: str) -> dict[str, str]:
 
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     if result.returncode:
         sys.exit(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result

@@ -98,7 +98,8 @@ def main() -> None:
         def via_http(ids: list[str]) -> int:
             body = json.dumps({"subject_ids": ids}).encode()
             request = urllib.request.Request(
-                f"{base}/api/v1/objections/check", data=body,
+                f"{base}/api/v1/objections/check",
+                data=body,
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             )
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -132,7 +133,9 @@ def main() -> None:
     print(f"  HTTP      p50 {http50 * 1000:7.1f} ms   p99 {http99 * 1000:7.1f} ms")
     print(f"  bare SQL  p50 {sql50 * 1000:7.1f} ms   p99 {sql99 * 1000:7.1f} ms")
     sel50, sel99 = percentile(selector_times, 50), percentile(selector_times, 99)
-    print(f"  selector  p50 {sel50 * 1000:7.1f} ms   p99 {sel99 * 1000:7.1f} ms   (objection_check in-process, no HTTP)")
+    print(
+        f"  selector  p50 {sel50 * 1000:7.1f} ms   p99 {sel99 * 1000:7.1f} ms   (objection_check in-process, no HTTP)"
+    )
     print(f"  ratio     p50 {http50 / sql50:7.2f}x (target <= 1.5x)   p99 {http99 / sql99:7.2f}x (target <= 3x)")
 
 

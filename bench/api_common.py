@@ -109,7 +109,11 @@ def _copy_events(url: str, count: int, purpose_id: int) -> None:
             f" recorded_at, {receipt_column}, prev_hash, hash, purpose_id"
         )
         for start in range(0, count, COPY_BATCH):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(f"COPY optout_objectionevent ({columns}) FROM STDIN") as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY optout_objectionevent ({columns}) FROM STDIN") as copy,
+            ):
                 lines = []
                 for n in range(start, min(start + COPY_BATCH, count)):
                     at = f"2024-06-{1 + n % 28:02d} {n % 24:02d}:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1000000:06d}+00"
@@ -153,9 +157,21 @@ def gunicorn(
     )
     pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.Popen(
-        [*pin, str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-         "--timeout", "600", "--log-level", "warning"],
-        cwd=ROOT, env=env,
+        [
+            *pin,
+            str(Path(sys.executable).parent / "gunicorn"),
+            "config.wsgi",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "600",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -84,14 +84,21 @@ def main() -> None:
     with gunicorn(url, workers=1) as (base, master):
         (worker,) = worker_pids(master)
         urllib.request.urlopen(
-            urllib.request.Request(f"{base}/api/v1/objections/check", data=b'{"subject_ids":["u000000001"]}',
-                                   headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            urllib.request.Request(
+                f"{base}/api/v1/objections/check",
+                data=b'{"subject_ids":["u000000001"]}',
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
         ).read()
         idle_kib = rss_kib(worker)
         counts = []
-        plain, plain_all = median_seconds(lambda: counts.append(export(base, key, compressed=False)), repeats=args.repeats)
+        plain, plain_all = median_seconds(
+            lambda: counts.append(export(base, key, compressed=False)), repeats=args.repeats
+        )
         plain_peak_kib = rss_kib(worker)
-        zipped, zipped_all = median_seconds(lambda: counts.append(export(base, key, compressed=True)), repeats=args.repeats)
+        zipped, zipped_all = median_seconds(
+            lambda: counts.append(export(base, key, compressed=True)), repeats=args.repeats
+        )
         peak_kib = rss_kib(worker)
     assert set(counts) == {objectors}, (counts, objectors)
     cp, cp_all = median_seconds(lambda: copy_out(url), repeats=args.repeats)

@@ -52,8 +52,14 @@ FEED_ROWS_SQL = """
 
 def wait_for_horizon(url: str) -> None:
     """The feed's horizon is cluster-wide: wait out long transactions of other sessions."""
-    while int(psql(url, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                   " <= coalesce((SELECT max(xid) FROM optout_objectionevent), 0) AS behind").strip() == "t"):
+    while int(
+        psql(
+            url,
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            " <= coalesce((SELECT max(xid) FROM optout_objectionevent), 0) AS behind",
+        ).strip()
+        == "t"
+    ):
         print("waiting for another session's transaction to end ...", flush=True)
         time.sleep(2)
 
@@ -113,8 +119,12 @@ def python_cursor(url: str, expected: int) -> None:
         for uuid, subject_id, slug, action, received_at, effective_at, source, _xid, _id in cur:
             dumps(
                 {
-                    "id": str(uuid), "subject_id": subject_id, "purpose": slug, "action": action,
-                    "received_at": format_timestamp(received_at), "effective_at": format_timestamp(effective_at),
+                    "id": str(uuid),
+                    "subject_id": subject_id,
+                    "purpose": slug,
+                    "action": action,
+                    "received_at": format_timestamp(received_at),
+                    "effective_at": format_timestamp(effective_at),
                     "source": source,
                 }
             )

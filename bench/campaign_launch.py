@@ -51,9 +51,16 @@ def main() -> None:
         f"(ARRAY{languages!r})[1 + n % {len(languages)}], (ARRAY{countries!r})[1 + n % {len(countries)}], now(), now() "
         f"FROM generate_series(1, {args.recipients}) n; ANALYZE campaigns_recipient",
     )
-    print(f"{args.recipients:,} recipients in {len(languages)} languages loaded in {time.perf_counter() - started:.1f} s")
-    purpose = Purpose.objects.get_or_create(slug="ai-training", defaults={"name": "training and improving AI models"})[0]
-    psql(url, "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (campaign_id bigint, subject_id text, channel text, version_id bigint)")
+    print(
+        f"{args.recipients:,} recipients in {len(languages)} languages loaded in {time.perf_counter() - started:.1f} s"
+    )
+    purpose = Purpose.objects.get_or_create(slug="ai-training", defaults={"name": "training and improving AI models"})[
+        0
+    ]
+    psql(
+        url,
+        "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (campaign_id bigint, subject_id text, channel text, version_id bigint)",
+    )
 
     bare_median, bare_all = median_seconds(
         lambda: psql(url, "INSERT INTO bench_bare SELECT 1, subject_id, 'mail', 1 FROM campaigns_recipient"),

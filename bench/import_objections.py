@@ -33,7 +33,9 @@ def write_csv(path: Path, rows: int) -> None:
         for n in range(rows):
             received = start + timedelta(seconds=n * 7)
             email = f"user{n}@example.org" if n % 10 == 0 else ""
-            out.writerow([f"acct-{n:09d}", "ai-training", received.strftime("%Y-%m-%dT%H:%M:%SZ"), SOURCES[n % 5], email])
+            out.writerow(
+                [f"acct-{n:09d}", "ai-training", received.strftime("%Y-%m-%dT%H:%M:%SZ"), SOURCES[n % 5], email]
+            )
 
 
 def empty_ledger(url: str) -> None:
@@ -59,9 +61,14 @@ def main() -> None:
         write_csv(path, args.rows)
         print(f"{args.rows:,} rows, {path.stat().st_size / 1e6:.0f} MB CSV; {args.repeats} repeats each")
 
-        psql(url, "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (subject_id text, purpose text, received_at timestamptz, source text, email text)")
+        psql(
+            url,
+            "DROP TABLE IF EXISTS bench_bare; CREATE TABLE bench_bare (subject_id text, purpose text, received_at timestamptz, source text, email text)",
+        )
         copy_median, copy_all = median_seconds(
-            lambda: subprocess.run(["psql", "-q", url, "-c", f"\\copy bench_bare FROM '{path}' CSV HEADER"], check=True),
+            lambda: subprocess.run(
+                ["psql", "-q", url, "-c", f"\\copy bench_bare FROM '{path}' CSV HEADER"], check=True
+            ),
             repeats=args.repeats,
             before=lambda: psql(url, "TRUNCATE bench_bare"),
         )

@@ -46,8 +46,8 @@ def main() -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from optout import imports
-    from optout.ledger import GENESIS_HASH, format_timestamp
+    from optout.imports import FAST_CHECK_SQL, fast_check_params
+    from optout.services import STAGED_APPEND_SQL, STAGING_DDL, staged_append_params
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "objections.csv"
@@ -62,7 +62,6 @@ def main() -> None:
         psql(url, "DROP TABLE bench_bare")
 
         now = timezone.now()
-        recorded = format_timestamp(now)
         with transaction.atomic(), connection.cursor() as cursor, path.open("rb") as handle:
             pg = cursor.cursor
             pg.execute("SELECT pg_backend_pid()")
@@ -75,31 +74,22 @@ def main() -> None:
                 mark[:] = [time.perf_counter(), _backend_cpu(pid)]
 
             header = handle.readline().decode().strip()
-            pg.execute(imports._STAGING_DDL)
+            pg.execute(STAGING_DDL)
             pg.execute("SET LOCAL TimeZone = 'UTC'")
             with pg.copy(f"COPY import_staging ({header}) FROM STDIN (FORMAT csv, FORCE_NOT_NULL (email))") as copy:
                 while chunk := handle.read(1 << 20):
                     copy.write(chunk)
             step("COPY into staging")
-            pg.execute(
-                imports._FAST_CHECK_SQL,
-                {"subject": imports._FAST_SUBJECT, "sources": sorted(imports._SOURCES), "email": imports._FAST_EMAIL},
-            )
+            pg.execute(FAST_CHECK_SQL, fast_check_params())
             step("set-based check of every line")
             pg.execute("ANALYZE import_staging")
             pg.execute("SET LOCAL work_mem = '512MB'")
             pg.execute("SET CONSTRAINTS ALL IMMEDIATE")
             step("ANALYZE staging")
-            params = {
-                "genesis": GENESIS_HASH,
-                "now": now,
-                "recorded": f"{len(recorded)}:{recorded}",
-                "ms": int(now.timestamp() * 1000),
-            }
             temp_bytes = "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
             pg.execute(temp_bytes)
             (temp_before,) = pg.fetchone()
-            pg.execute("EXPLAIN (ANALYZE, BUFFERS, WAL) " + imports._IMPORT_SQL, params)
+            pg.execute("EXPLAIN (ANALYZE, BUFFERS, WAL) " + STAGED_APPEND_SQL, staged_append_params(now=now))
             plan = [line for (line,) in pg.fetchall()]
             step("import statement (EXPLAIN ANALYZE)")
             pg.execute("SELECT pg_stat_clear_snapshot()")

@@ -35,11 +35,11 @@ import django
 
 django.setup()
 
-from django.template import engines
-from django.utils import translation
+from django.template import engines  # noqa: E402
+from django.utils import translation  # noqa: E402
 
-from campaigns.models import Campaign
-from campaigns.notices import (
+from campaigns.models import Campaign  # noqa: E402
+from campaigns.notices import (  # noqa: E402
     MARKERS,
     date_display,
     notice_build,
@@ -47,8 +47,8 @@ from campaigns.notices import (
     notice_personalise,
     notice_unsubscribe_url,
 )
-from optout.links import LinkClaims
-from optout.models import Purpose
+from optout.links import LinkClaims  # noqa: E402
+from optout.models import Purpose  # noqa: E402
 
 
 def frozen_version(language: str):
@@ -158,9 +158,7 @@ def median_rate(run, version, language: str, count: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--language", default="de")
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=7)
@@ -175,23 +173,14 @@ def main() -> None:
         ("frozen, links given", run_frozen_links_given, args.messages),
         ("bare Jinja2 render", run_bare_jinja, max(args.messages // 10, 200)),
     ]
-    rates = {
-        label: median_rate(run, version, args.language, count, args.repeats)
-        for label, run, count in rows
-    }
+    rates = {label: median_rate(run, version, args.language, count, args.repeats) for label, run, count in rows}
     baseline = rates["bare Jinja2 render"]
-    print(
-        f"language {args.language}, {args.messages} messages x {args.repeats} repeats, medians, one core"
-    )
+    print(f"language {args.language}, {args.messages} messages x {args.repeats} repeats, medians, one core")
     for label, rate in rates.items():
-        print(
-            f"  {label:<26} {rate:>12,.0f} messages/s   {rate / baseline:>6.1f}x bare Jinja2"
-        )
+        print(f"  {label:<26} {rate:>12,.0f} messages/s   {rate / baseline:>6.1f}x bare Jinja2")
     target = rates["frozen + 1 signed link"]
     verdict = "met" if target >= 20000 else "NOT met"
-    print(
-        f"target >= 20,000 messages/s for 'frozen + 1 signed link': {verdict} ({target:,.0f}/s)"
-    )
+    print(f"target >= 20,000 messages/s for 'frozen + 1 signed link': {verdict} ({target:,.0f}/s)")
 
 
 if __name__ == "__main__":

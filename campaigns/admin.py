@@ -25,7 +25,7 @@ from campaigns.notices import CAMPAIGN_VALUE_FIELDS, NoticeNotReady, notice_buil
 from campaigns.sample_links import sample_link_view
 from campaigns.selectors import catalog_coverage
 from campaigns.services import notice_test_send, notice_versions_freeze
-from optout.countries import country_choices
+from core.countries import country_choices
 from optout.models import AuditEntry
 from optout.services import audit_record
 

@@ -17,9 +17,9 @@ from django.utils.translation import gettext_lazy
 
 from campaigns.audience import audience_import
 from campaigns.models import Recipient
+from core.countries import EU_EEA
 from optout.admin import ReadOnlyAdmin
 from optout.admin_views import csv_import_view
-from optout.countries import EU_EEA
 from optout.models import AuditEntry
 
 UPLOAD_PERMISSION = "campaigns.add_recipient"

@@ -24,7 +24,7 @@ from campaigns.charts import Bar, Series, count_text, percent_text
 from campaigns.dashboard import BOUNCE_RATE_LIMIT, COMPLAINT_RATE_LIMIT, Counts, Stats, dashboard_stats
 from campaigns.models import Campaign
 from campaigns.report import FontMissing, report_build, report_csv, report_pdf
-from optout.countries import babel_locale
+from core.countries import babel_locale
 
 READ_PERMISSION = "campaigns.view_campaign"
 

@@ -14,8 +14,9 @@ from campaigns.audience import COLUMNS as AUDIENCE_COLUMNS
 from campaigns.audience import AudienceReport, audience_items_clean, audience_load
 from campaigns.selectors import inapp_notices
 from campaigns.services import INAPP_EVENTS, inapp_event_record
-from optout.api import _ERROR, COMMON_ERRORS, SUBJECT_ID_MAX, ApiView, BadRequest, PayloadTooLarge, _ts
-from optout.countries import EU_EEA
+from core.api import COMMON_ERRORS, ERROR_RESPONSE, BadRequest, PayloadTooLarge, timestamp_or_none
+from core.countries import EU_EEA
+from optout.api import SUBJECT_ID_MAX, ApiView
 from optout.models import ApiScope
 
 _NOTICE_FIELDS = {
@@ -73,7 +74,7 @@ class SubjectNoticesView(ApiView):
                     "title": item.notice.subject,
                     "html": item.notice.inapp,
                     "object_url": item.object_url if delivery.objected_at is None else None,
-                    "shown_at": _ts(delivery.shown_at),
+                    "shown_at": timestamp_or_none(delivery.shown_at),
                 }
             )
         return JsonResponse({"notices": notices})
@@ -97,7 +98,8 @@ class NoticeEventView(ApiView):
                     "dismissed_at": serializers.DateTimeField(allow_null=True),
                 },
             ),
-            404: _ERROR,
+            404: ERROR_RESPONSE,
+            411: ERROR_RESPONSE,
             **COMMON_ERRORS,
         },
     )
@@ -112,9 +114,9 @@ class NoticeEventView(ApiView):
         return JsonResponse(
             {
                 "id": delivery.pk,
-                "shown_at": _ts(delivery.shown_at),
-                "clicked_at": _ts(delivery.clicked_at),
-                "dismissed_at": _ts(delivery.dismissed_at),
+                "shown_at": timestamp_or_none(delivery.shown_at),
+                "clicked_at": timestamp_or_none(delivery.clicked_at),
+                "dismissed_at": timestamp_or_none(delivery.dismissed_at),
             }
         )
 
@@ -196,8 +198,9 @@ class AudienceView(ApiView):
                     "unchanged": serializers.IntegerField(),
                 },
             ),
-            413: _ERROR,
-            415: _ERROR,
+            411: ERROR_RESPONSE,
+            413: ERROR_RESPONSE,
+            415: ERROR_RESPONSE,
             **COMMON_ERRORS,
         },
     )

@@ -85,7 +85,9 @@ class NoticeVersion(models.Model):
     all of them; `template_hash` and `catalog_hash` name the sources they came from.
     """
 
-    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="versions", verbose_name=_("campaign"))
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.PROTECT, related_name="versions", verbose_name=_("campaign")
+    )
     language = models.CharField(_("language"), max_length=8)
     content_hash = models.CharField(_("content hash"), max_length=64)
     subject = models.CharField(_("mail subject"), max_length=300)

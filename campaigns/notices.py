@@ -99,10 +99,7 @@ def _text_env(env: Environment) -> Environment:
 
 def _template_sources(template: str) -> dict[str, str]:
     env = _env(html=True)
-    return {
-        name: env.loader.get_source(env, f"notices/{template}/{name}")[0]
-        for name in TEMPLATE_FILES
-    }
+    return {name: env.loader.get_source(env, f"notices/{template}/{name}")[0] for name in TEMPLATE_FILES}
 
 
 def template_hash(template: str) -> str:
@@ -131,9 +128,7 @@ def content_hash(version: NoticeVersion) -> str:
         direction=version.direction,
         greetings=version.greetings,
     )
-    return hashlib.sha256(
-        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 # The campaign's fields a notice's text needs; a campaign without all of them cannot freeze.
@@ -161,9 +156,7 @@ def _campaign_values(campaign: Campaign, language: str) -> dict[str, str]:
     }
     for key, value in values.items():
         if "__demur_" in value:
-            raise NoticeNotReady(
-                f"campaign {campaign.pk}: {key} must not contain '__demur_'"
-            )
+            raise NoticeNotReady(f"campaign {campaign.pk}: {key} must not contain '__demur_'")
     return values
 
 
@@ -176,12 +169,7 @@ def _link(url: str) -> Markup:
 
 
 def _render(template: str, name: str, context: dict, *, html: bool) -> str:
-    return (
-        _env(html=html)
-        .get_template(f"notices/{template}/{name}")
-        .render(context)
-        .strip()
-    )
+    return _env(html=html).get_template(f"notices/{template}/{name}").render(context).strip()
 
 
 def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
@@ -203,30 +191,22 @@ def notice_build(*, campaign: Campaign, language: str) -> NoticeVersion:
             "link": _link,
         }
         greetings = {
-            "named": _render(
-                template, "greeting.txt", {"name": MARKERS["name"]}, html=False
-            ),
+            "named": _render(template, "greeting.txt", {"name": MARKERS["name"]}, html=False),
             "anonymous": _render(template, "greeting.txt", {"name": ""}, html=False),
         }
         texts: dict[str, str] = {}
         for prefix, already_objected in (("", False), ("objected_", True)):
             context = {**base, "already_objected": already_objected}
             context["subject"] = _render(template, "subject.txt", context, html=False)
-            context["preheader"] = _render(
-                template, "preheader.txt", context, html=False
-            )
+            context["preheader"] = _render(template, "preheader.txt", context, html=False)
             texts[prefix + "subject"] = context["subject"]
             texts[prefix + "preheader"] = context["preheader"]
             texts[prefix + "body_html"] = css_inline.inline(
                 _render(template, "body.html", context, html=True),
                 keep_style_tags=False,
             )
-            texts[prefix + "body_text"] = (
-                _render(template, "body.txt", context, html=False) + "\n"
-            )
-            texts[prefix + "inapp_body"] = _render(
-                template, "inapp.html", context, html=True
-            )
+            texts[prefix + "body_text"] = _render(template, "body.txt", context, html=False) + "\n"
+            texts[prefix + "inapp_body"] = _render(template, "inapp.html", context, html=True)
     version = NoticeVersion(
         campaign=campaign,
         language=language,
@@ -272,11 +252,7 @@ def notice_personalise(
     """The frozen version with one person's values. `objected_on` (the date of their
     earlier objection) selects the "you have already objected" variant."""
     greetings = version.greetings
-    greeting = (
-        greetings["named"].replace(MARKERS["name"], name)
-        if name
-        else greetings["anonymous"]
-    )
+    greeting = greetings["named"].replace(MARKERS["name"], name) if name else greetings["anonymous"]
     objected_text = date_display(objected_on, version.language) if objected_on else ""
     plain = {
         "greeting": greeting,
@@ -307,9 +283,7 @@ def notice_personalise(
 
 
 @lru_cache(maxsize=512)
-def _link_parts(
-    url_name: str, language: str, site_url: str, urlconf: str
-) -> tuple[str, str]:
+def _link_parts(url_name: str, language: str, site_url: str, urlconf: str) -> tuple[str, str]:
     """What comes before and after the token in the URL of this kind and language."""
     with translation.override(language):
         path = reverse(url_name, kwargs={"token": "__demur_token__"}, urlconf=urlconf)
@@ -320,15 +294,11 @@ def _link_parts(
 def _signed_url(url_name: str, claims: LinkClaims, salt: str) -> str:
     # The URL objection_url()/unsubscribe_url() build, without a reverse() per person:
     # the signature is the only per-person part (tests/campaigns check they agree).
-    head, tail = _link_parts(
-        url_name, claims.language, settings.SITE_URL, settings.ROOT_URLCONF
-    )
+    head, tail = _link_parts(url_name, claims.language, settings.SITE_URL, settings.ROOT_URLCONF)
     return f"{head}{make_token(claims, salt=salt)}{tail}"
 
 
-def notice_claims(
-    version: NoticeVersion, *, subject_id: str, email: str = ""
-) -> LinkClaims:
+def notice_claims(version: NoticeVersion, *, subject_id: str, email: str = "") -> LinkClaims:
     campaign = version.campaign
     return LinkClaims(
         subject_id=subject_id,
@@ -347,12 +317,10 @@ def notice_object_url(claims: LinkClaims) -> str:
 
 def notice_unsubscribe_url(claims: LinkClaims) -> str:
     """optout.links.unsubscribe_url(claims), faster: the List-Unsubscribe target."""
-    return _signed_url("optout:unsubscribe", claims, UNSUBSCRIBE_SALT)
+    return _signed_url("unsubscribe", claims, UNSUBSCRIBE_SALT)
 
 
-def notice_links(
-    version: NoticeVersion, *, subject_id: str, email: str = ""
-) -> tuple[str, str]:
+def notice_links(version: NoticeVersion, *, subject_id: str, email: str = "") -> tuple[str, str]:
     """The signed objection and unsubscribe links of one person for this version."""
     claims = notice_claims(version, subject_id=subject_id, email=email)
     return notice_object_url(claims), notice_unsubscribe_url(claims)
@@ -371,9 +339,7 @@ def notice_email(
     """The notice mail for one person: text and HTML parts, and the one-click
     unsubscribe headers (RFC 8058). `links` (objection, unsubscribe) replaces the
     person's signed links: staff test mails carry harmless ones (campaigns.sample_links)."""
-    object_link, unsubscribe_link = links or notice_links(
-        version, subject_id=subject_id, email=to
-    )
+    object_link, unsubscribe_link = links or notice_links(version, subject_id=subject_id, email=to)
     notice = notice_personalise(
         version,
         name=name,

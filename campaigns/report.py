@@ -25,7 +25,7 @@ from django.utils.translation import gettext as _
 from campaigns.charts import count_text, percent_text
 from campaigns.dashboard import Counts, Stats, campaign_stats
 from campaigns.models import Campaign, NoticeVersion
-from optout.countries import babel_locale
+from core.countries import babel_locale
 
 # DejaVu Sans covers Latin, Greek and Cyrillic (Bulgarian), the scripts of the 26 languages.
 FONT_DIRS = (

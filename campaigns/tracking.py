@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Delivery, Suppression, TrackingEvent
-from config.metrics import WEBHOOK_EVENTS
+from core.metrics import WEBHOOK_EVENTS
 
 DELIVERY_FIELDS = {
     "delivered": "delivered_at",

@@ -22,6 +22,12 @@ It fails closed. When the API cannot be reached or answers with an error, `sync(
 never been synced) `is_objected()` answers True for everyone and `allowed()` returns
 nothing: an unreachable API means "not allowed to train", never "no objection".
 
+The copy is checked when it is opened and after every sync: SQLite's `quick_check`, this
+client's tables and columns, and its bookkeeping (cursor, purpose, time of the last
+sync). A damaged copy (corrupt, truncated, a table gone) raises `CopyDamaged` (a
+`DemurUnavailable`) and answers as a stale one does, everyone objecting, until the file
+is deleted and synced anew; the command line says so and exits with status 2.
+
 Command line:
 
     DEMUR_API_KEY=... python demur_client.py --url https://demur.example --db objections.sqlite3 sync
@@ -31,9 +37,11 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import http.client
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -46,7 +54,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from email.message import Message
 
-__all__ = ["DemurUnavailable", "ObjectionMirror", "feed_pages"]
+__all__ = ["CopyDamaged", "DemurUnavailable", "ObjectionMirror", "feed_pages"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;
@@ -56,6 +64,57 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 
 class DemurUnavailable(Exception):
     """The API could not be reached or refused the request: treat everyone as objecting."""
+
+
+class CopyDamaged(DemurUnavailable):
+    """The local copy failed its check: treat everyone as objecting until it is rebuilt."""
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the file's lock (SQLITE_BUSY, SQLITE_LOCKED): not damage."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return (code & 0xFF) in (5, 6) if code is not None else "locked" in str(exc)
+
+
+def _table_shapes(db: sqlite3.Connection, names) -> dict[str, list[tuple]]:
+    """Each named table's columns as (name, type, primary key position); absent tables left out."""
+    shapes = {}
+    for name in names:
+        columns = [(column[1], column[2].upper(), column[5]) for column in db.execute(f"PRAGMA table_info({name})")]
+        if columns:
+            shapes[name] = columns
+    return shapes
+
+
+def _schema_shapes() -> dict[str, list[tuple]]:
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        names = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return _table_shapes(db, names)
+    finally:
+        db.close()
+
+
+# What a sound copy holds: _SCHEMA's tables with exactly their columns.
+_SHAPES = _schema_shapes()
+
+
+def _guarded(method):
+    """An SQLite error inside `method` ends as CopyDamaged when the copy then fails its
+    check, else as DemurUnavailable (e.g. the disk is full): never as sqlite3's own."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if self.damage is not None:
+            raise CopyDamaged(self.damage)
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            self._check_copy()  # raises CopyDamaged when damaged
+            raise DemurUnavailable(f"the local copy {self.path} could not be used: {exc}") from exc
+
+    return guarded
 
 
 class ObjectionMirror:
@@ -78,8 +137,17 @@ class ObjectionMirror:
         self.timeout = timeout
         self.page_limit = page_limit
         self.max_retries = max_retries
-        self.db = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
-        self.db.executescript(_SCHEMA)
+        self.path = path
+        self.damage: str | None = None  # what the copy's check found, once it failed
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        except sqlite3.Error as exc:
+            raise DemurUnavailable(f"cannot open the local copy {path}: {exc}") from exc
+        try:
+            self._check_copy(create=True)
+        except DemurUnavailable:
+            self.db.close()
+            raise
         stored = self._meta("purpose")
         if stored is not None and stored != purpose:
             raise ValueError(f"{path} holds objections for {stored!r}, not {purpose!r}")
@@ -87,39 +155,56 @@ class ObjectionMirror:
     # --- Answers --------------------------------------------------------------------------
 
     def is_fresh(self) -> bool:
-        """True when the last complete sync finished less than max_staleness seconds ago."""
-        synced_at = self._meta("synced_at")
+        """True when the last complete sync finished less than max_staleness seconds ago
+        (never for a damaged copy)."""
+        try:
+            synced_at = self._meta("synced_at") if self.damage is None else None
+        except sqlite3.DatabaseError:
+            return False
         return synced_at is not None and time.time() - float(synced_at) <= self.max_staleness
 
     def is_objected(self, subject_id: str) -> bool:
-        """Whether this person's data must be left out. True for everyone when the copy is stale."""
+        """Whether this person's data must be left out. True for everyone when the copy is
+        stale, damaged or cannot be read."""
         if not self.is_fresh():
             return True
-        row = self.db.execute("SELECT 1 FROM objectors WHERE subject_id = ?", (subject_id,)).fetchone()
+        try:
+            row = self.db.execute("SELECT 1 FROM objectors WHERE subject_id = ?", (subject_id,)).fetchone()
+        except sqlite3.DatabaseError:
+            self._note_damage()
+            return True
         return row is not None
 
     def allowed(self, subject_ids: Iterable[str]) -> list[str]:
-        """The ids that may be used, in input order; none at all when the copy is stale."""
+        """The ids that may be used, in input order; none at all when the copy is stale,
+        damaged or cannot be read."""
         ids = list(subject_ids)
         if not self.is_fresh():
             return []
         objecting: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT subject_id FROM objectors WHERE subject_id IN ({marks})", chunk)
-            objecting.update(subject_id for (subject_id,) in rows)
+        try:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(f"SELECT subject_id FROM objectors WHERE subject_id IN ({marks})", chunk)
+                objecting.update(subject_id for (subject_id,) in rows)
+        except sqlite3.DatabaseError:
+            self._note_damage()
+            return []
         return [subject_id for subject_id in ids if subject_id not in objecting]
 
+    @_guarded
     def objector_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM objectors").fetchone()[0]
 
     # --- Sync -----------------------------------------------------------------------------
 
+    @_guarded
     def sync(self) -> int:
         """Bring the copy up to date; returns the number of events applied (or snapshot rows).
 
-        Raises DemurUnavailable when the API cannot be used; the copy then goes stale."""
+        Raises DemurUnavailable when the API cannot be used; the copy then goes stale;
+        CopyDamaged when the copy fails its check afterwards."""
         applied = 0
         if self._meta("cursor") is None:
             applied += self._snapshot()
@@ -129,6 +214,7 @@ class ObjectionMirror:
         for asked, page, page_etag in pages:
             self._apply(page["events"], page["next_cursor"], page_etag, asked)
             applied += len(page["events"])
+        self._check_copy()  # before the copy counts as fresh
         self._set_meta({"synced_at": repr(time.time())})
         return applied
 
@@ -257,6 +343,60 @@ class ObjectionMirror:
 
     # --- Local state ----------------------------------------------------------------------
 
+    def _check_copy(self, *, create: bool = False) -> None:
+        """Raise CopyDamaged (and keep saying so) unless the file passes SQLite's
+        quick_check, holds _SCHEMA's tables with their columns, and its bookkeeping makes
+        sense. With `create`, a file without any of the tables (a new one) gets them."""
+        try:
+            problem = self._copy_problem(create=create)
+        except sqlite3.DatabaseError as exc:
+            if _busy(exc):
+                raise DemurUnavailable(f"the local copy {self.path} is locked by another process: {exc}") from exc
+            problem = str(exc)  # e.g. "file is not a database", "database disk image is malformed"
+        if problem is not None:
+            self.damage = (
+                f"the local copy {self.path} is damaged ({problem}), so nobody may be used. "
+                f"Delete {self.path} (and {self.path}-journal, if there is one) and run sync again."
+            )
+            raise CopyDamaged(self.damage)
+
+    def _copy_problem(self, *, create: bool) -> str | None:
+        checked = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+        if checked != ["ok"]:
+            return "; ".join(map(str, checked[:3]))
+        shapes = _table_shapes(self.db, _SHAPES)
+        if create and not shapes:
+            self.db.executescript(_SCHEMA)
+            return None
+        for name, columns in _SHAPES.items():
+            if name not in shapes:
+                return f"its table {name} is missing"
+            if shapes[name] != columns:
+                return f"its table {name} does not have the columns this client makes"
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        if not all(isinstance(value, str) for value in meta.values()):
+            return "its meta table holds a value that is not text"
+        if "cursor" in meta and not (meta["cursor"] and meta.get("purpose")):
+            return "its cursor is empty or has no purpose"
+        if "synced_at" in meta:
+            if "cursor" not in meta:
+                return "it is marked synced but has no cursor"
+            try:
+                synced_at = float(meta["synced_at"])
+            except ValueError:
+                synced_at = math.nan
+            if not math.isfinite(synced_at):
+                return "the time of its last sync is not a number"
+        return None
+
+    def _note_damage(self) -> None:
+        """After a failed read: the copy counts as damaged from now on if its check fails
+        (a read refused by another process's lock is not damage)."""
+        try:
+            self._check_copy()
+        except DemurUnavailable:
+            pass
+
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -358,16 +498,31 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("subject_ids", nargs="+")
     args = parser.parse_args(argv)
 
-    mirror = ObjectionMirror(args.url, os.environ.get(args.key_env, ""), args.db, purpose=args.purpose)
+    # Exit status 2: the copy is damaged (nothing was printed as allowed); 1: it is not usable now.
+    try:
+        mirror = ObjectionMirror(args.url, os.environ.get(args.key_env, ""), args.db, purpose=args.purpose)
+    except CopyDamaged as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (DemurUnavailable, ValueError) as exc:
+        print(f"cannot use the copy: {exc}", file=sys.stderr)
+        return 1
     if args.command == "sync":
         try:
             applied = mirror.sync()
+            objectors = mirror.objector_count()
+        except CopyDamaged as exc:
+            print(exc, file=sys.stderr)
+            return 2
         except DemurUnavailable as exc:
             print(f"sync failed, the copy is not fresh: {exc}", file=sys.stderr)
             return 1
-        print(f"{applied} changes applied; {mirror.objector_count()} objectors")
+        print(f"{applied} changes applied; {objectors} objectors")
         return 0
     allowed = set(mirror.allowed(args.subject_ids))
+    if mirror.damage is not None:
+        print(mirror.damage, file=sys.stderr)
+        return 2
     for subject_id in args.subject_ids:
         print(subject_id, "allowed" if subject_id in allowed else "excluded")
     return 0

@@ -4,14 +4,13 @@ tokens and API keys are masked before a line is written."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import uuid
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+from core.request_id import request_id_var
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # user@example.org -> u***@example.org

@@ -27,7 +27,6 @@ from django.http import HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Histogram,
     generate_latest,
     multiprocess,
@@ -35,6 +34,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
+
+from config.health import feed_lag_seconds
+from core.metrics import ERRORS
 
 access_log = logging.getLogger("demur.access")
 logger = logging.getLogger(__name__)
@@ -45,31 +47,6 @@ REQUEST_LATENCY = Histogram(
     ["view", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-OBJECTIONS_RECORDED = Counter(
-    "demur_objections_recorded_total",
-    "Ledger events written, by action and source.",
-    ["action", "source"],
-)
-DELIVERIES = Counter(
-    "demur_deliveries_total",
-    'Delivery outcomes recorded, by channel and status; rate() of status="sent" is the send rate.',
-    ["channel", "status"],
-)
-WEBHOOK_EVENTS = Counter(
-    "demur_webhook_events_total",
-    "Mail providers' tracking events received (replays included), by provider and event type.",
-    ["provider", "event"],
-)
-ERRORS = Counter(
-    "demur_errors_total",
-    "Unhandled exceptions: requests answered with a 500 (source http, by view) and failed Celery tasks (source task, by task).",
-    ["source", "name"],
-)
-
-
-def deliveries_counted(*, channel: str, status: str, count: int = 1) -> None:
-    if count:
-        DELIVERIES.labels(channel, status).inc(count)
 
 
 def _count_unhandled(sender, request=None, **kwargs) -> None:
@@ -107,7 +84,6 @@ class DatabaseCollector(Collector):
     """Gauges read from PostgreSQL when Prometheus scrapes."""
 
     def collect(self):
-        from config.health import feed_lag_seconds
 
         lag = GaugeMetricFamily(
             "demur_feed_lag_seconds",
@@ -129,7 +105,7 @@ class QueueCollector(Collector):
     def collect(self):
         if settings.CELERY_TASK_ALWAYS_EAGER:
             return
-        from config.celery import app
+        from celery import current_app as app
 
         depth = GaugeMetricFamily("demur_queue_depth", "Tasks waiting in the broker's queue.", labels=["queue"])
         broker = app.conf.broker_url or ""

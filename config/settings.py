@@ -1,9 +1,10 @@
 """Demur settings. Every value comes from the environment (see .env.example).
 
-Defaults let the quick start run on one machine with nothing installed: SQLite under var/,
-tasks run in-process, mail written to var/mail/, a local-memory cache. Production sets
-DEBUG=false, which makes SECRET_KEY, ALLOWED_HOSTS and SITE_URL mandatory and turns on
-the HTTPS hardening that `manage.py check --deploy` asks for.
+Defaults let the quick start run on one machine with nothing installed: the private
+PostgreSQL under var/ that scripts/run starts (scripts/pg.py), tasks run in-process, mail
+written to var/mail/, a local-memory cache. Production sets DEBUG=false, which makes
+DATABASE_URL, SECRET_KEY, ALLOWED_HOSTS and SITE_URL mandatory and turns on the HTTPS
+hardening that `manage.py check --deploy` asks for.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from config.env import env_bool, env_int, env_list, env_str, env_url_config
+from config.env import embedded_database_url, env_bool, env_int, env_list, env_str, env_url_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("DEMUR_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
 
-# The quick start keeps its SQLite file, mail and static files here.
+# The quick start keeps its PostgreSQL cluster, mail and static files here.
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = env_str("SECRET_KEY", required=not DEBUG)
@@ -102,14 +103,15 @@ TEMPLATES = [
 
 # --- Database ---------------------------------------------------------------------------
 
-DATABASES = {"default": env_url_config("DATABASE_URL", f"sqlite:///{VAR_DIR / 'demur.sqlite3'}", "db")}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Persistent connections: with sync gunicorn workers they measured ~11 % faster than
-    # psycopg's pool and 6.7x faster than a new connection per request (issue 2).
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 600, minimum=0)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-else:
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+# PostgreSQL only. Production names its database; a DEBUG run without DATABASE_URL (a
+# developer's manage.py) uses the private server that scripts/run and scripts/test start.
+if not DEBUG and not env_str("DATABASE_URL"):
+    raise ImproperlyConfigured("DATABASE_URL must be set when DEBUG is off (a postgres:// URL).")
+DATABASES = {"default": env_url_config("DATABASE_URL", embedded_database_url(VAR_DIR), "db")}
+# Persistent connections: with sync gunicorn workers they measured ~11 % faster than
+# psycopg's pool and 6.7x faster than a new connection per request (issue 2).
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 600, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -133,7 +135,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Sends outbox mail left pending while the broker was down (optout/outbox.py).
 CELERY_BEAT_SCHEDULE = {
-    "optout-outbox-sweep": {"task": "optout.outbox_sweep", "schedule": env_int("DEMUR_OUTBOX_SWEEP_SECONDS", 60, minimum=5)},
+    "optout-outbox-sweep": {
+        "task": "optout.outbox_sweep",
+        "schedule": env_int("DEMUR_OUTBOX_SWEEP_SECONDS", 60, minimum=5),
+    },
     # Starts due campaigns, expires late ones, settles dead workers' claims, restarts
     # stalled dispatch, completes finished campaigns (campaigns/dispatch.py).
     "campaigns-tick": {"task": "campaigns.tick", "schedule": env_int("DEMUR_CAMPAIGN_TICK_SECONDS", 10, minimum=1)},
@@ -171,7 +176,9 @@ try:
     DEMUR_COMPLAINT_RATE_WARNING = float(env_str("DEMUR_COMPLAINT_RATE_WARNING", "0.1"))
     DEMUR_BOUNCE_RATE_WARNING = float(env_str("DEMUR_BOUNCE_RATE_WARNING", "2"))
 except ValueError:
-    raise ImproperlyConfigured("DEMUR_COMPLAINT_RATE_WARNING and DEMUR_BOUNCE_RATE_WARNING must be numbers (percent).") from None
+    raise ImproperlyConfigured(
+        "DEMUR_COMPLAINT_RATE_WARNING and DEMUR_BOUNCE_RATE_WARNING must be numbers (percent)."
+    ) from None
 
 # --- Mail --------------------------------------------------------------------------------
 
@@ -190,9 +197,7 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30, minimum=1)
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Provider credentials for django-anymail backends (EMAIL_BACKEND=anymail.backends.<esp>.EmailBackend).
 ANYMAIL = {
-    key.removeprefix("ANYMAIL_"): value
-    for key, value in __import__("os").environ.items()
-    if key.startswith("ANYMAIL_")
+    key.removeprefix("ANYMAIL_"): value for key, value in __import__("os").environ.items() if key.startswith("ANYMAIL_")
 }
 
 # --- Languages ---------------------------------------------------------------------------
@@ -297,7 +302,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "optout.api.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
 # Requests per API key, for all endpoints together ("<n>/<second|minute|hour|day>").
 DEMUR_API_THROTTLE_RATE = env_str("DEMUR_API_THROTTLE_RATE", "1200/minute")

@@ -10,16 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import (
-    Http404,
-    HttpResponse,
     HttpResponseNotModified,
     JsonResponse,
     StreamingHttpResponse,
@@ -29,7 +24,6 @@ from django.utils.cache import patch_vary_headers
 from django.utils.decorators import method_decorator
 from django.utils.http import parse_etags
 from django.utils.translation import gettext_lazy as _
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -39,13 +33,23 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import JSONParser
-from rest_framework.response import Response
+from rest_framework import serializers
 from rest_framework.views import APIView
 
+from core.api import (
+    COMMON_ERRORS,
+    ERROR_RESPONSE,
+    BadRequest,
+    PayloadTooLarge,
+    StrictJSONParser,
+    Unprocessable,
+    exception_handler,
+    json_response,
+    refuse_unsized_body,
+    timestamp_or_none,
+)
 from optout.authentication import ApiKeyAuthentication
-from optout.ledger import EARLIEST_RECEIVED_AT, format_timestamp
+from optout.ledger import EARLIEST_RECEIVED_AT, SUBJECT_ID_MAX, subject_id_valid
 from optout.models import ApiScope, Purpose, Source
 from optout.permissions import HasScope
 from optout.selectors import (
@@ -69,94 +73,14 @@ FEED_DEFAULT_LIMIT = 1_000
 CHECK_MAX_IDS = 10_000
 # Ten thousand ids of at most 128 characters, quoted, with commas and some whitespace.
 MAX_BODY_BYTES = 2 * 1024 * 1024
-SUBJECT_ID_MAX = 128
 IDEMPOTENCY_KEY_MAX = 150
 # Sources a platform may report; imports and staff entries have their own flows.
 API_SOURCES = [Source.IN_APP, Source.GPC, Source.API, Source.EMAIL_LINK, Source.WEB_FORM]
 
 
-# --- Errors --------------------------------------------------------------------------------
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = _("The request is too large.")
-    default_code = "too_large"
-
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = _("The request conflicts with an earlier one.")
-    default_code = "conflict"
-
-
-class BadRequest(exceptions.APIException):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_detail = _("The request is not valid.")
-    default_code = "bad_request"
-
-
-def error_body(code: str, message: str, fields: object = None) -> dict:
-    error: dict = {"code": code, "message": message}
-    if fields is not None:
-        error["fields"] = fields
-    return {"error": error}
-
-
-def exception_handler(exc, context):
-    """Every API error, whatever raised it, as {"error": {"code", "message"[, "fields"]}}."""
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
-    elif isinstance(exc, RequestDataTooBig):  # Django's own cap, met while DRF reads the body
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        exc = PayloadTooLarge(_("The body may have at most {limit} bytes.").format(limit=limit))
-    if not isinstance(exc, exceptions.APIException):
-        logger.exception("API request failed", exc_info=exc)
-        return Response(
-            error_body("server_error", str(_("Something went wrong on our side. Try again later."))),
-            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        )
-    headers = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
-    if isinstance(exc, exceptions.ValidationError):
-        body = error_body("invalid", str(_("The request is not valid: see the fields.")), exc.detail)
-    else:
-        code = getattr(exc.detail, "code", None) or exc.default_code
-        body = error_body(str(code), str(exc.detail))
-    return Response(body, status=exc.status_code, headers=headers)
-
-
-@csrf_exempt  # no session, no form: a POST to a wrong path must get this JSON 404 too
-def api_not_found(request, *args, **kwargs) -> JsonResponse:
-    """Unknown paths under /api/ answer in the API's error shape, not an HTML page."""
-    return JsonResponse(error_body("not_found", str(_("There is no such API endpoint."))), status=404)
-
-
 # --- Schema pieces -------------------------------------------------------------------------
 
 
-class ErrorSerializer(serializers.Serializer):
-    error = inline_serializer(
-        "ErrorDetail",
-        {
-            "code": serializers.CharField(help_text=_("Machine-readable error code.")),
-            "message": serializers.CharField(help_text=_("What went wrong, for a person.")),
-            "fields": serializers.DictField(required=False, help_text=_("Per-field problems.")),
-        },
-    )
-
-
-_ERROR = OpenApiResponse(ErrorSerializer)
-_RATE_LIMITED = OpenApiResponse(
-    ErrorSerializer,
-    description=str(_("Too many requests for this key; retry after the given seconds.")),
-)
-COMMON_ERRORS = {400: _ERROR, 401: _ERROR, 403: _ERROR, 429: _RATE_LIMITED}
 PURPOSE_PARAM = OpenApiParameter(
     "purpose", OpenApiTypes.STR, description=str(_("Purpose slug; ai-training when left out."))
 )
@@ -257,19 +181,22 @@ class SubjectOutputSerializer(serializers.Serializer):
     history = HistoryEventSerializer(many=True)
 
 
+def _subject_id_message() -> str:
+    return _("A subject id is a string of 1 to {max} printable characters.").format(max=SUBJECT_ID_MAX)
+
+
 class SubjectIdField(serializers.CharField):
     """One subject id exactly as sent: a JSON string (a number is not turned into one, nor
-    is the text trimmed), printable, as the imports and the bulk check take them."""
+    is the text trimmed), by the rule every write keeps (optout.ledger.subject_id_valid),
+    which is also what a read of one subject accepts."""
 
     def __init__(self, **kwargs):
         super().__init__(max_length=SUBJECT_ID_MAX, trim_whitespace=False, **kwargs)
 
     def to_internal_value(self, data):
-        if not isinstance(data, str) or not data.isprintable():  # lone surrogates are not printable
-            raise serializers.ValidationError(
-                _("A subject id is a string of 1 to {max} printable characters.").format(max=SUBJECT_ID_MAX)
-            )
-        return super().to_internal_value(data)
+        if not subject_id_valid(data):
+            raise serializers.ValidationError(_subject_id_message())
+        return data
 
 
 class ObjectionInputSerializer(serializers.Serializer):
@@ -304,17 +231,6 @@ class ReceiptSerializer(serializers.Serializer):
 # --- Views ---------------------------------------------------------------------------------
 
 
-class StrictJSONParser(JSONParser):
-    """DRF's JSON parser, with one message of ours for any body that is not JSON: DRF's
-    names Python internals, and a deeply nested body raised RecursionError (a 500)."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except (exceptions.ParseError, RecursionError):
-            raise exceptions.ParseError(_("The body is not valid JSON.")) from None
-
-
 class ApiView(APIView):
     authentication_classes = (ApiKeyAuthentication,)
     permission_classes = (HasScope,)
@@ -325,13 +241,9 @@ class ApiView(APIView):
     def get_exception_handler(self):
         return exception_handler
 
-
-def _json(text: str | bytes, *, status_code: int = 200, headers: dict | None = None) -> HttpResponse:
-    return HttpResponse(text, status=status_code, content_type="application/json", headers=headers)
-
-
-def _ts(value) -> str | None:
-    return format_timestamp(value) if value is not None else None
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        refuse_unsized_body(request)
 
 
 def _purpose_slug(slug: str | None) -> str:
@@ -433,18 +345,29 @@ class ChangeFeedView(ApiView):
         body = b"".join(
             [b'{"events":', page.events_json, f',"next_cursor":"{next_cursor}","has_more":{has_more}}}'.encode()]
         )
-        return _json(body, headers={**headers, "Cache-Control": "no-cache"})
+        return json_response(body, headers={**headers, "Cache-Control": "no-cache"})
 
 
 class CheckView(ApiView):
     @extend_schema(
         operation_id="objections_check",
         summary=str(_("Whether each of up to 10,000 subjects objects")),
+        description=str(
+            _(
+                "The change feed from next_cursor misses nothing that changes after this answer, "
+                "but it may deliver again events the answer already reflects: while any other "
+                "transaction is open at the time of the check, the cursor stays behind it, and "
+                "events committed since then come again. Apply the feed's events in order and "
+                "idempotently, so that one already held changes nothing (an objection of "
+                "someone who already objects, a withdrawal of someone who does not)."
+            )
+        ),
         request=CheckInputSerializer,
         responses={
             200: CheckOutputSerializer,
-            413: _ERROR,
-            415: _ERROR,
+            411: ERROR_RESPONSE,
+            413: ERROR_RESPONSE,
+            415: ERROR_RESPONSE,
             **COMMON_ERRORS,
         },
     )
@@ -457,7 +380,7 @@ class CheckView(ApiView):
         answer = objection_check(purpose=slug, subject_ids=subject_ids)
         if answer is None:
             raise _unknown_purpose(slug)
-        return _json(
+        return json_response(
             b"".join([b'{"results":', answer.results_json, f',"next_cursor":"{answer.horizon.encode()}"}}'.encode()])
         )
 
@@ -505,38 +428,74 @@ class SubjectView(ApiView):
     @extend_schema(
         operation_id="objections_subject",
         summary=str(_("One subject's current answer and history")),
+        description=str(
+            _(
+                "For an id that fits in one path segment. An id with a slash, or one spelt like "
+                "another endpoint here (changes, check, export, subject), cannot be read this way: "
+                "GET /api/v1/objections/subject?subject_id=... reads every id."
+            )
+        ),
         parameters=[PURPOSE_PARAM],
-        responses={200: SubjectOutputSerializer, 404: _ERROR, **COMMON_ERRORS},
+        responses={200: SubjectOutputSerializer, 404: ERROR_RESPONSE, **COMMON_ERRORS},
     )
     def get(self, request, subject_id: str):
-        if len(subject_id) > SUBJECT_ID_MAX or "\x00" in subject_id:
-            raise BadRequest(
-                _("A subject id is a string of 1 to {max} characters.").format(max=SUBJECT_ID_MAX),
-                code="bad_subject_id",
+        return _subject_answer(request, subject_id)
+
+
+class SubjectLookupView(ApiView):
+    @extend_schema(
+        operation_id="objections_subject_lookup",
+        summary=str(_("One subject's current answer and history, for any subject id")),
+        description=str(
+            _(
+                "The answer of /api/v1/objections/{subject_id}, with the id in the query string "
+                "(percent-encoded): every id that POST /api/v1/objections accepts can be read here."
             )
-        purpose = _purpose(request.query_params.get("purpose"))
-        state = objection_state_get(subject_id=subject_id, purpose=purpose.slug)
-        history = objection_history(subject_id=subject_id, purpose=purpose.slug)
-        objected = bool(state and state.objected)
-        return JsonResponse(
-            {
-                "subject_id": subject_id,
-                "purpose": purpose.slug,
-                "objected": objected,
-                "received_at": _ts(state.received_at) if objected else None,
-                "effective_at": _ts(state.effective_at) if objected else None,
-                "history": [
-                    {
-                        "id": str(event.uuid),
-                        "action": event.action,
-                        "source": event.source,
-                        "received_at": _ts(event.received_at),
-                        "effective_at": _ts(event.effective_at),
-                    }
-                    for event in history
-                ],
-            }
-        )
+        ),
+        parameters=[
+            OpenApiParameter(
+                "subject_id",
+                OpenApiTypes.STR,
+                required=True,
+                description=str(_("The subject id, exactly as it was recorded.")),
+            ),
+            PURPOSE_PARAM,
+        ],
+        responses={200: SubjectOutputSerializer, **COMMON_ERRORS},
+    )
+    def get(self, request):
+        given = request.query_params.getlist("subject_id")
+        if len(given) != 1:  # left out, or given twice (which one would a proxy have checked?)
+            raise BadRequest(_subject_id_message(), code="bad_subject_id")
+        return _subject_answer(request, given[0])
+
+
+def _subject_answer(request, subject_id: str) -> JsonResponse:
+    if not subject_id_valid(subject_id):
+        raise BadRequest(_subject_id_message(), code="bad_subject_id")
+    purpose = _purpose(request.query_params.get("purpose"))
+    state = objection_state_get(subject_id=subject_id, purpose=purpose.slug)
+    history = objection_history(subject_id=subject_id, purpose=purpose.slug)
+    objected = bool(state and state.objected)
+    return JsonResponse(
+        {
+            "subject_id": subject_id,
+            "purpose": purpose.slug,
+            "objected": objected,
+            "received_at": timestamp_or_none(state.received_at) if objected else None,
+            "effective_at": timestamp_or_none(state.effective_at) if objected else None,
+            "history": [
+                {
+                    "id": str(event.uuid),
+                    "action": event.action,
+                    "source": event.source,
+                    "received_at": timestamp_or_none(event.received_at),
+                    "effective_at": timestamp_or_none(event.effective_at),
+                }
+                for event in history
+            ],
+        }
+    )
 
 
 class RecordObjectionView(ApiView):
@@ -549,7 +508,9 @@ class RecordObjectionView(ApiView):
             _(
                 "For a tap in the app, a forwarded Global Privacy Control signal or an agent. "
                 "Idempotent: a repeat with the same Idempotency-Key, or for a person who "
-                "already objects, records nothing and returns the original receipt (200)."
+                "already objects, records nothing and returns the original receipt (200). "
+                "A key is the API key's own, per purpose; sent again with a body that differs "
+                "from its first request in any field, it is refused (422, idempotency_key_reused)."
             )
         ),
         parameters=[
@@ -564,9 +525,10 @@ class RecordObjectionView(ApiView):
         responses={
             201: ReceiptSerializer,
             200: ReceiptSerializer,
-            409: _ERROR,
-            413: _ERROR,
-            415: _ERROR,
+            411: ERROR_RESPONSE,
+            413: ERROR_RESPONSE,
+            415: ERROR_RESPONSE,
+            422: ERROR_RESPONSE,
             **COMMON_ERRORS,
         },
     )
@@ -593,7 +555,7 @@ class RecordObjectionView(ApiView):
                 idempotency_key=f"api:{request.auth.prefix}:{key}" if key else None,
             )
         except IdempotencyKeyReused as exc:
-            raise Conflict(str(exc), code="idempotency_key_reused") from None
+            raise Unprocessable(str(exc), code="idempotency_key_reused") from None
         except LedgerError as exc:
             raise BadRequest(str(exc)) from None
         return JsonResponse(
@@ -602,8 +564,8 @@ class RecordObjectionView(ApiView):
                 "subject_id": receipt.subject_id,
                 "purpose": receipt.purpose,
                 "objected": receipt.objected,
-                "received_at": _ts(receipt.received_at),
-                "effective_at": _ts(receipt.effective_at),
+                "received_at": timestamp_or_none(receipt.received_at),
+                "effective_at": timestamp_or_none(receipt.effective_at),
                 "created": receipt.created,
             },
             status=201 if receipt.created else 200,

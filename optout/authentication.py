@@ -61,7 +61,5 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": str(
-                _("An API key created in the admin or with `manage.py create_api_client`.")
-            ),
+            "description": str(_("An API key created in the admin or with `manage.py create_api_client`.")),
         }

@@ -11,7 +11,6 @@ from django.core import signing
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.models import Suppression
 from optout.formatting import when
 from optout.links import BadLink, ExpiredLink, LinkClaims, objection_url
 from optout.models import EmailVerification, OutboxMessage, Purpose, Source
@@ -64,15 +63,6 @@ def link_withdraw(*, claims: LinkClaims, language: str) -> Receipt:
         confirm_to=claims.email,
         confirm_language=language,
     )
-
-
-def unsubscribe(*, claims: LinkClaims) -> None:
-    """Stop notice mails to this person (RFC 8058). Not an objection: the ledger is untouched."""
-    already = Suppression.objects.filter(subject_id=claims.subject_id, reason=Suppression.Reason.UNSUBSCRIBED).exists()
-    if not already:
-        Suppression.objects.create(
-            subject_id=claims.subject_id, email=claims.email, reason=Suppression.Reason.UNSUBSCRIBED
-        )
 
 
 def public_subject_id(*, email: str, account_id: str) -> str:

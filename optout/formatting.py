@@ -8,7 +8,7 @@ from functools import lru_cache
 from babel.dates import format_datetime
 from django.utils import translation
 
-from optout.countries import babel_locale
+from core.countries import babel_locale
 
 
 def when(value: datetime | None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from optout.countries import EU_EEA, country_choices
+from core.countries import EU_EEA, country_choices
 
 REASON_MAX = 2000
 
@@ -79,7 +79,7 @@ class PublicObjectionForm(forms.Form):
 
     def clean_account_id(self) -> str:
         value = self.cleaned_data["account_id"]
-        if any(ord(char) < 32 for char in value):
+        if not value.isprintable():  # the rule of every subject id (optout.ledger.subject_id_valid)
             raise forms.ValidationError(_("An account ID cannot contain control characters."))
         return value
 

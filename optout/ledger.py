@@ -11,12 +11,23 @@ import uuid as uuid_lib
 from datetime import UTC, datetime
 from typing import Any
 
+from core.timestamps import format_timestamp
+
 GENESIS_HASH = "0" * 64
 
 # The earliest date an objection may carry (imports, the API). Nothing online predates
-# it, and an older date is a typo; year 1 would also break datetime arithmetic in the
-# feed on SQLite.
+# it, and an older date is a typo.
 EARLIEST_RECEIVED_AT = datetime(1990, 1, 1, tzinfo=UTC)
+
+SUBJECT_ID_MAX = 128
+
+
+def subject_id_valid(value: object) -> bool:
+    """What a subject id may be: 1 to SUBJECT_ID_MAX printable characters (no control
+    characters, no lone surrogates). The one rule for every write and for the API's
+    reads of one subject, so that whatever can be recorded can also be looked up."""
+    return isinstance(value, str) and 0 < len(value) <= SUBJECT_ID_MAX and value.isprintable()
+
 
 # Crockford's base32: no I, L, O or U, so a receipt read aloud or typed is unambiguous.
 _RECEIPT_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -25,8 +36,8 @@ _RECEIPT_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def new_event_uuid() -> uuid_lib.UUID:
     """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then
     random bits. New events land at the right edge of the uuid index instead of at random
-    places in it, which keeps inserts cheap as the ledger grows. demur_uuid7() in SQL
-    makes the same kind for bulk imports."""
+    places in it, which keeps inserts cheap as the ledger grows. The bulk import's
+    statement (optout.services.STAGED_APPEND_SQL) makes the same kind in SQL."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
@@ -63,15 +74,9 @@ def parse_receipt(text: str) -> tuple[int, int] | None:
     return value >> RECEIPT_CODE_BITS, value & ((1 << RECEIPT_CODE_BITS) - 1)
 
 
-def format_timestamp(value: datetime) -> str:
-    """UTC with microseconds, as PostgreSQL's to_char(..., 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')."""
-    v = value.astimezone(UTC)
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
-
-
 def _field(value: object) -> str:
     # Length-prefixed, so no separator or escaping can make two events read alike.
-    # demur_event_hash() (migration optout/0002) spells the same encoding in SQL.
+    # demur_event_hash() (optout/sql/demur_event_hash.sql) spells the same encoding in SQL.
     if value is None:
         return "~"
     text = str(value)
@@ -100,8 +105,9 @@ def event_hash(
     """SHA-256 over everything the event says and the hash of the subject's previous
     event. Changing any field, or a link, changes the hash.
 
-    PostgreSQL's demur_event_hash() computes the same digest for bulk imports; a test
-    checks that the two agree on awkward input."""
+    PostgreSQL's demur_event_hash() computes the same digest for every writer (this one
+    serves verify_ledger); tests check that the two agree on awkward input and on what
+    each writer stored."""
     fields = (
         prev_hash,
         str(uuid),

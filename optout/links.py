@@ -5,8 +5,9 @@ a one-click unsubscribe link (RFC 8058). Each kind is signed with its own salt, 
 token minted for one purpose is worthless for another, and expires after
 DEMUR_LINK_MAX_AGE seconds (12 months by default).
 
-The URL names (`optout:link`, `optout:status`, `optout:unsubscribe`) are served by
-optout/urls.py under a language prefix, e.g. /de/optout/t/<token>/.
+The URL names `optout:link` and `optout:status` are served by optout/urls.py under a
+language prefix, e.g. /de/optout/t/<token>/; `unsubscribe` (/de/optout/unsubscribe/...)
+by campaigns.views, which owns the suppression list, through config/urls.py.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def status_url(claims: LinkClaims) -> str:
 
 def unsubscribe_url(claims: LinkClaims) -> str:
     """The List-Unsubscribe target of a notice mail (RFC 8058 one-click)."""
-    return _absolute("optout:unsubscribe", make_token(claims, salt=UNSUBSCRIBE_SALT), claims.language)
+    return _absolute("unsubscribe", make_token(claims, salt=UNSUBSCRIBE_SALT), claims.language)
 
 
 def account_unproven(*, subject_id: str, email: str) -> bool:

@@ -24,6 +24,7 @@ import threading
 import time
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
@@ -31,7 +32,8 @@ from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 
-from config.logs import request_id_var
+from core.metrics import ERRORS
+from core.request_id import request_id_var
 from optout.formatting import when
 from optout.links import LinkClaims, account_unproven, status_url
 from optout.models import ObjectionEvent, OutboxMessage
@@ -43,6 +45,9 @@ MAX_ATTEMPTS = 5
 # A row stuck in "sending" this long belongs to a worker that died mid-send: the sweep
 # hands it out again (at most this one mail can go twice, the one in flight at the crash).
 STALE_CLAIM = timedelta(minutes=15)
+# The task that sends a published batch (optout.tasks, which imports this module), so it
+# is sent by its name.
+SEND_MANY_TASK = "optout.outbox_send_many"
 
 
 # Templates of the mails that confirm a ledger event, by kind.
@@ -102,13 +107,11 @@ def _render_for_event(message: OutboxMessage) -> tuple[str, str, str]:
 
 def outbox_enqueue(*, message_id: int) -> None:
     """Hand the send to Celery, on this process's relay thread (without a broker: send
-    it now), with the id of the request that caused it (config.logs). A publish that
+    it now), with the id of the request that caused it (core.request_id). A publish that
     fails is not an error: the row stays pending and the sweep sends it once the broker
     is back."""
-    from optout.tasks import outbox_send_many_task
-
     item = (message_id, request_id_var.get())
-    if outbox_send_many_task.app.conf.task_always_eager:
+    if current_app.conf.task_always_eager:
         _publish([item])
     else:
         _relay.put(item)
@@ -122,15 +125,19 @@ def outbox_flush(*, timeout: float = 30) -> bool:
 
 def _publish(items: list[tuple[int, str]]) -> None:
     """Publish (message id, request id) pairs, up to BATCH per task. The task's own
-    request id is theirs when they share one."""
-    from optout.tasks import outbox_send_many_task
-
+    request id is theirs when they share one. Without a broker each batch is sent now,
+    in this process, as Celery would run the task eagerly: a failure is logged and
+    counted as a failed task, and leaves the rows to the sweep."""
+    eager = current_app.conf.task_always_eager
     for start in range(0, len(items), BATCH):
         batch = items[start : start + BATCH]
         request_ids = {request_id for _id, request_id in batch}
         token = request_id_var.set(request_ids.pop() if len(request_ids) == 1 else "-")
         try:
-            outbox_send_many_task.apply_async((batch,), retry=False)
+            if eager:
+                _send_now(batch)
+            else:
+                current_app.send_task(SEND_MANY_TASK, args=(batch,), retry=False, ignore_result=True)
         except Exception:  # kombu raises several types for an unreachable broker
             logger.warning(
                 "outbox: could not enqueue mail %s; the sweep will send it",
@@ -139,6 +146,14 @@ def _publish(items: list[tuple[int, str]]) -> None:
             )
         finally:
             request_id_var.reset(token)
+
+
+def _send_now(batch: list[tuple[int, str]]) -> None:
+    try:
+        outbox_send_many(items=batch)
+    except Exception:  # as Celery's eager run: logged and counted, never raised to the caller
+        ERRORS.labels("task", SEND_MANY_TASK).inc()
+        logger.exception("outbox: sending mail %s failed; the sweep will send it", [m for m, _rid in batch])
 
 
 def outbox_send_many(*, items: list[tuple[int, str]]) -> int:

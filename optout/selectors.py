@@ -13,7 +13,7 @@ import psycopg
 from django.db import connection
 from psycopg.adapt import Loader
 
-from optout.models import ObjectionEvent, ObjectionState, Purpose
+from optout.models import ObjectionEvent, ObjectionState
 
 
 class BadCursor(ValueError):
@@ -92,22 +92,12 @@ _FEED_COLUMNS = """
 # read only events written by transactions older than every transaction still running
 # (the snapshot's xmin): that set can no longer grow below the horizon, and paging on
 # (xid, id) walks it in a fixed order.
-_FEED_SQL_POSTGRES = f"""
+_FEED_SQL = f"""
     SELECT {_FEED_COLUMNS}
     WHERE (e.xid, e.id) > (%s, %s)
       AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
       {{purpose_filter}}
     ORDER BY e.xid, e.id
-    LIMIT %s
-"""
-
-# SQLite has one writer at a time and assigns ids inside the write lock, so ids are in
-# commit order and a plain id cursor cannot skip.
-_FEED_SQL_SQLITE = f"""
-    SELECT {_FEED_COLUMNS}
-    WHERE e.id > %s
-      {{purpose_filter}}
-    ORDER BY e.id
     LIMIT %s
 """
 
@@ -118,12 +108,8 @@ def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> Feed
     if not cursor.allows(purpose):
         raise BadCursor(cursor.encode())
     purpose_filter = "AND p.slug = %s" if purpose else ""
-    if connection.vendor == "postgresql":
-        sql = _FEED_SQL_POSTGRES.format(purpose_filter=purpose_filter)
-        params: list[object] = [cursor.xid, cursor.id]
-    else:
-        sql = _FEED_SQL_SQLITE.format(purpose_filter=purpose_filter)
-        params = [cursor.id]
+    sql = _FEED_SQL.format(purpose_filter=purpose_filter)
+    params: list[object] = [cursor.xid, cursor.id]
     if purpose:
         params.append(purpose)
     params.append(limit)
@@ -139,36 +125,16 @@ def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> Feed
     return FeedPage(rows=rows, next_cursor=next_cursor, has_more=len(raw) == limit)
 
 
-def feed_event(row: FeedRow) -> dict[str, str]:
-    """One feed row as the API shows it (what _FEED_JSON_POSTGRES writes in SQL)."""
-    import uuid
-
-    from optout.ledger import format_timestamp
-
-    return {
-        "id": str(uuid.UUID(str(row.uuid))),
-        "subject_id": row.subject_id,
-        "purpose": row.purpose,
-        "action": row.action,
-        "received_at": format_timestamp(row.received_at),
-        "effective_at": format_timestamp(row.effective_at),
-        "source": row.source,
-    }
-
-
 def feed_horizon() -> Cursor:
     """A feed cursor for a reader of the current state: read it *before* the state.
 
     Every transaction below the horizon had committed when it was taken, so a state read
     afterwards already reflects those events; events at or past the horizon may be read
     again by a client that continues from here, which is harmless, but none is missed."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as db:
-            db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            (xmin,) = db.fetchone()
-        return Cursor(xmin, 0)
-    last = ObjectionEvent.objects.order_by("-id").values_list("id", flat=True).first()
-    return Cursor(0, last or 0)
+    with connection.cursor() as db:
+        db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        (xmin,) = db.fetchone()
+    return Cursor(xmin, 0)
 
 
 def objection_state_get(*, subject_id: str, purpose: str) -> ObjectionState | None:
@@ -360,13 +326,13 @@ def _json_cursor() -> psycopg.Cursor:
     return cursor
 
 
-# The page is the inner query: the same rows, order and horizon as _FEED_SQL_POSTGRES.
+# The page is the inner query: the same rows, order and horizon as _FEED_SQL.
 # The outer level only aggregates them, with no join or grouping of its own, so
 # string_agg() sees the rows in the inner ORDER BY (the form PostgreSQL's manual gives for
 # ordered aggregate input; an ORDER BY inside string_agg would sort 10,000 wide rows again).
 # received_at is formatted once and reused for effective_at when they are equal, as they
 # are unless a caller set effective_at (optout.services: effective_at or received_at).
-_FEED_JSON_POSTGRES = f"""
+_FEED_JSON = f"""
     SELECT string_agg(
                '{{{{"id":"' || e.uuid || '","subject_id":' || to_json(e.subject_id)
                || ',"purpose":' || e.purpose || ',"action":"' || e.action
@@ -388,8 +354,8 @@ _FEED_JSON_POSTGRES = f"""
         LIMIT %(limit)s
     ) e
 """
-_FEED_JSON_ALL = _FEED_JSON_POSTGRES.format(purpose_known="true", purpose_filter="")
-_FEED_JSON_ONE = _FEED_JSON_POSTGRES.format(
+_FEED_JSON_ALL = _FEED_JSON.format(purpose_known="true", purpose_filter="")
+_FEED_JSON_ONE = _FEED_JSON.format(
     purpose_known="EXISTS (SELECT FROM optout_purpose WHERE slug = %(purpose)s)",
     purpose_filter="AND p.slug = %(purpose)s",
 )
@@ -415,14 +381,6 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
     BadCursor for a cursor read from another purpose's feed."""
     if not cursor.allows(purpose):
         raise BadCursor(cursor.encode())
-    if connection.vendor != "postgresql":
-        import json
-
-        if purpose and not Purpose.objects.filter(slug=purpose).exists():
-            raise UnknownPurpose(purpose)
-        page = feed_page(cursor=cursor, limit=limit, purpose=purpose)
-        events = [feed_event(row) for row in page.rows]
-        return FeedJsonPage(json.dumps(events).encode(), len(events), page.next_cursor, page.has_more)
     params = {"xid": cursor.xid, "id": cursor.id, "limit": limit, "purpose": purpose}
     with _json_cursor() as db:
         db.execute(_FEED_JSON_ONE if purpose else _FEED_JSON_ALL, params, prepare=False)
@@ -448,7 +406,7 @@ class CheckAnswer:
 # index in key order; then each id, in input order (WITH ORDINALITY), gets its answer.
 # The array's size is unknown to the planner, so it keeps the index scan (with 10,000
 # literal ids it would expect 10,000 matches and may scan the table).
-_CHECK_POSTGRES = f"""
+_CHECK_SQL = f"""
     WITH input AS MATERIALIZED (
         SELECT ARRAY(SELECT json_array_elements_text(%(ids)s::json)) AS ids
     ),
@@ -476,29 +434,13 @@ def objection_check(*, purpose: str, subject_ids: list[str]) -> CheckAnswer | No
     purpose does not exist."""
     import json
 
-    if connection.vendor != "postgresql":
-        from optout.ledger import format_timestamp
-
-        purpose_id = Purpose.objects.filter(slug=purpose).values_list("id", flat=True).first()
-        if purpose_id is None:
-            return None
-        horizon = feed_horizon()
-        rows = ObjectionState.objects.filter(
-            purpose_id=purpose_id, objected=True, subject_id__in=set(subject_ids)
-        ).values_list("subject_id", "effective_at")
-        objected = {subject_id: format_timestamp(at) for subject_id, at in rows}
-        results = [
-            {"subject_id": subject_id, "objected": subject_id in objected, "effective_at": objected.get(subject_id)}
-            for subject_id in subject_ids
-        ]
-        return CheckAnswer(horizon, json.dumps(results, separators=(",", ":")).encode())
     with _json_cursor() as db:
-        db.execute(_CHECK_POSTGRES, {"ids": json.dumps(subject_ids), "purpose": purpose}, prepare=False)
+        db.execute(_CHECK_SQL, {"ids": json.dumps(subject_ids), "purpose": purpose}, prepare=False)
         xmin, known, results = db.fetchone()
     return CheckAnswer(Cursor(xmin, 0), b"[" + results + b"]") if known else None
 
 
-_OBJECTOR_LINES_POSTGRES = f"""
+_OBJECTOR_LINES = f"""
     SELECT '{{"subject_id":' || to_json(subject_id) || ',"purpose":' || to_json(%s::text)
            || ',"received_at":' || coalesce('"' || {_TS.format(col="received_at")} || '"', 'null')
            || ',"effective_at":' || coalesce('"' || {_TS.format(col="effective_at")} || '"', 'null')
@@ -513,42 +455,10 @@ def objector_lines(*, purpose_id: int, purpose_slug: str, chunk_size: int = 5000
     """Everyone currently objecting to the purpose, by subject id, as NDJSON lines
     (without newlines) in lists of up to `chunk_size`.
 
-    Must run inside a transaction: on PostgreSQL the rows come from a server-side cursor
+    Must run inside a transaction: the rows come from a server-side cursor
     that is not WITH HOLD, so they stream instead of being materialised first, and
     memory stays flat however many objectors there are. PostgreSQL writes the JSON."""
-    if connection.vendor == "postgresql":
-        with connection.chunked_cursor() as db:
-            db.execute(_OBJECTOR_LINES_POSTGRES, [purpose_slug, purpose_id])
-            while rows := db.fetchmany(chunk_size):
-                yield [row[0] for row in rows]
-        return
-    import json
-
-    from optout.ledger import format_timestamp
-
-    rows = (
-        ObjectionState.objects.filter(purpose_id=purpose_id, objected=True)
-        .order_by("subject_id")
-        .values_list("subject_id", "received_at", "effective_at", "source")
-        .iterator(chunk_size=chunk_size)
-    )
-    chunk: list[str] = []
-    for subject_id, received_at, effective_at, source in rows:
-        chunk.append(
-            json.dumps(
-                {
-                    "subject_id": subject_id,
-                    "purpose": purpose_slug,
-                    "received_at": format_timestamp(received_at) if received_at else None,
-                    "effective_at": format_timestamp(effective_at) if effective_at else None,
-                    "source": source,
-                },
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
-        )
-        if len(chunk) >= chunk_size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    with connection.chunked_cursor() as db:
+        db.execute(_OBJECTOR_LINES, [purpose_slug, purpose_id])
+        while rows := db.fetchmany(chunk_size):
+            yield [row[0] for row in rows]

@@ -1,4 +1,7 @@
-"""Writes to the objection ledger. Every change of a person's answer goes through here."""
+"""Writes to the objection ledger. Every change of a person's answer goes through here:
+one at a time through demur_objection_append (the pages, the API, staff entry), or a
+whole import at once through one set-based statement (objections_append_staged); both
+hash with demur_event_hash (optout/sql/)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,9 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from campaigns.models import Campaign, NoticeVersion
-from config.metrics import OBJECTIONS_RECORDED
-from optout.ledger import GENESIS_HASH, event_hash, new_event_uuid, new_receipt_code
-from optout.models import Action, ObjectionEvent, ObjectionState, OutboxMessage, Purpose, Source
+from core.metrics import OBJECTIONS_RECORDED
+from optout.ledger import GENESIS_HASH, SUBJECT_ID_MAX, new_event_uuid, new_receipt_code, subject_id_valid
+from optout.models import Action, ObjectionEvent, OutboxMessage, Purpose, Source
 from optout.outbox import outbox_enqueue
 
 
@@ -145,9 +147,11 @@ def _append(
 ) -> Receipt:
     if source not in Source.values:
         raise LedgerError(_("Unknown source: {source}.").format(source=source))
-    if not subject_id or len(subject_id) > 128:
-        raise LedgerError(_("A subject id must have 1 to 128 characters."))
+    if not subject_id_valid(subject_id):
+        raise LedgerError(_("A subject id is a string of 1 to {max} printable characters.").format(max=SUBJECT_ID_MAX))
     now = timezone.now()
+    # The times as the request gave them: a retry with its idempotency key must repeat them.
+    asked = {"received_at": received_at, "effective_at": effective_at}
     received_at = received_at or now
     effective_at = effective_at or received_at
     event = {
@@ -167,10 +171,12 @@ def _append(
         "idempotency_key": idempotency_key or None,
     }
     mail = (_mail_kind(action), confirm_to, confirm_language) if confirm_to else None
-    append = _append_postgresql if connection.vendor == "postgresql" else _append_python
-    receipt, outbox_id = append(purpose=purpose, event=event, mail=mail)
+    try:
+        receipt, outbox_id = _append_sql(purpose=purpose, event=event, mail=mail)
+    except IdempotencyKeyReused:
+        raise _key_reused(_key_request_differences(purpose=purpose, request={**event, **asked})) from None
     if not receipt.created and idempotency_key:
-        receipt = _replayed_receipt(receipt, purpose=purpose, idempotency_key=idempotency_key)
+        receipt = _replayed_receipt(receipt, purpose=purpose, request={**event, **asked})
     if receipt.created:
         transaction.on_commit(OBJECTIONS_RECORDED.labels(action, source).inc)
     if outbox_id is not None:
@@ -182,8 +188,15 @@ def _mail_kind(action: str) -> str:
     return OutboxMessage.Kind.RECEIPT if action == Action.OBJECTED else OutboxMessage.Kind.WITHDRAWAL
 
 
-def _key_reused() -> IdempotencyKeyReused:
-    return IdempotencyKeyReused(_("This idempotency key was already used for a different request."))
+def _key_reused(differences: list[str] | None = None) -> IdempotencyKeyReused:
+    if not differences:
+        return IdempotencyKeyReused(_("This idempotency key was already used for a different request."))
+    return IdempotencyKeyReused(
+        _(
+            "This idempotency key was already used for a request with other values ({fields}). "
+            "Repeat that request unchanged to get its receipt, or use a new key for a new request."
+        ).format(fields=", ".join(differences))
+    )
 
 
 # Bound on the server and prepared once per connection (connections persist, CONN_MAX_AGE):
@@ -214,8 +227,8 @@ def _prepared_cursor():
     return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
-def _append_postgresql(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
-    """One round trip: demur_objection_append() (migration optout/0009) locks the state,
+def _append_sql(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
+    """One round trip: demur_objection_append() (optout/sql/demur_objection_append.sql) locks the state,
     chains, inserts the event, updates the state and writes the mail's outbox row. On
     its own it is one transaction; inside the caller's it runs in a savepoint, so that a
     refusal leaves the caller's transaction usable."""
@@ -252,91 +265,18 @@ def _append_postgresql(*, purpose: str, event: dict, mail: tuple[str, str, str] 
     return receipt, outbox_id
 
 
-def _append_python(*, purpose: str, event: dict, mail: tuple[str, str, str] | None) -> tuple[Receipt, int | None]:
-    """The same as demur_objection_append(), statement by statement (SQLite)."""
-    purpose_obj = purpose_get(purpose)
-    action, subject_id = event["action"], event["subject_id"]
-    with transaction.atomic():
-        if action == Action.OBJECTED:
-            # Make sure the state row exists, so that concurrent calls for one subject
-            # queue on its row lock below instead of racing to create it.
-            ObjectionState.objects.bulk_create(
-                [ObjectionState(subject_id=subject_id, purpose=purpose_obj)], ignore_conflicts=True
-            )
-        state = ObjectionState.objects.select_for_update().filter(subject_id=subject_id, purpose=purpose_obj).first()
-        if event["idempotency_key"]:
-            earlier = ObjectionEvent.objects.filter(
-                purpose=purpose_obj, idempotency_key=event["idempotency_key"]
-            ).first()
-            if earlier is not None:
-                if earlier.subject_id != subject_id or earlier.action != action:
-                    raise _key_reused()
-                return _receipt_for(state, purpose, created=False, subject_id=subject_id), None
-        if state is None or (action == Action.OBJECTED) == state.objected:
-            return _receipt_for(state, purpose, created=False, subject_id=subject_id), None
-
-        # A link names the campaign and notice version it came from; one deleted since
-        # then is left out rather than refusing the objection.
-        if event["campaign_id"] is not None and not Campaign.objects.filter(id=event["campaign_id"]).exists():
-            event["campaign_id"] = None
-        if (
-            event["notice_version_id"] is not None
-            and not NoticeVersion.objects.filter(id=event["notice_version_id"]).exists()
-        ):
-            event["notice_version_id"] = None
-        prev_hash = state.head_hash or GENESIS_HASH
-        row = ObjectionEvent(purpose=purpose_obj, prev_hash=prev_hash, **event)
-        row.hash = event_hash(prev_hash=prev_hash, purpose=purpose_obj.slug, **event)
-        try:
-            with transaction.atomic():
-                row.save(force_insert=True)
-        except IntegrityError:
-            raise _key_reused() from None
-
-        state_follow(state, row)
-        outbox_id = None
-        if mail:
-            kind, to, language = mail
-            outbox_id = OutboxMessage.objects.create(kind=kind, to=to, language=language, event=row).id
-        return _receipt_for(state, purpose, created=True), outbox_id
-
-
-def state_follow(state: ObjectionState, event: ObjectionEvent) -> None:
-    """Move a subject's state to the event just appended to their chain (the ORM paths:
-    SQLite; on PostgreSQL demur_objection_append and the import's SQL do it)."""
-    state.objected = event.action == Action.OBJECTED
-    state.source = event.source
-    state.received_at = event.received_at
-    state.effective_at = event.effective_at
-    state.receipt = event.receipt
-    state.last_event = event
-    state.head_hash = event.hash
-    state.save(
-        update_fields=[
-            "objected",
-            "source",
-            "received_at",
-            "effective_at",
-            "receipt",
-            "last_event",
-            "head_hash",
-            "updated_at",
-        ]
-    )
-
-
-def _replayed_receipt(receipt: Receipt, *, purpose: str, idempotency_key: str) -> Receipt:
+def _replayed_receipt(receipt: Receipt, *, purpose: str, request: dict) -> Receipt:
     """A retry with a key already used answers what the first request was answered (its
     event's receipt), not the subject's state now, which a later withdrawal may have
-    changed. Without such an event (nothing was written the first time) the answer is
-    the state's. Only retries pay this query."""
-    earlier = (
-        ObjectionEvent.objects.filter(purpose__slug=purpose, idempotency_key=idempotency_key)
-        .only("id", "receipt_code", "uuid", "action", "received_at", "effective_at")
-        .first()
-    )
+    changed; a request that differs from the first in anything is refused. Without such
+    an event (nothing was written the first time) the answer is the state's. Only
+    retries pay this query."""
+    earlier = _key_first_event(purpose=purpose, idempotency_key=request["idempotency_key"])
     if earlier is None:
         return receipt
+    differences = _request_differences(earlier, request)
+    if differences:
+        raise _key_reused(differences)
     return replace(
         receipt,
         receipt=earlier.receipt,
@@ -346,28 +286,169 @@ def _replayed_receipt(receipt: Receipt, *, purpose: str, idempotency_key: str) -
     )
 
 
-def _receipt_for(state: ObjectionState | None, purpose: str, *, created: bool, subject_id: str = "") -> Receipt:
-    if state is None:
-        return Receipt(
-            receipt="",
-            subject_id=subject_id,
-            purpose=purpose,
-            objected=False,
-            received_at=None,
-            effective_at=None,
-            created=False,
-            event_uuid=None,
-        )
-    return Receipt(
-        receipt=state.receipt,
-        subject_id=state.subject_id,
-        purpose=purpose,
-        objected=state.objected,
-        received_at=state.received_at,
-        effective_at=state.effective_at,
-        created=created,
-        event_uuid=state.last_event.uuid if created and state.last_event else None,
+def _key_first_event(*, purpose: str, idempotency_key: str) -> ObjectionEvent | None:
+    return ObjectionEvent.objects.filter(purpose__slug=purpose, idempotency_key=idempotency_key).first()
+
+
+# What a retry must repeat of the request that first used its idempotency key, compared
+# with the event that request wrote (every field it recorded).
+_REPEATED_FIELDS = (
+    "subject_id", "action", "source", "email", "reason", "campaign_id", "notice_version_id", "staff_user",
+)  # fmt: skip
+
+
+def _request_differences(earlier: ObjectionEvent, request: dict) -> list[str]:
+    """The names of the fields in which `request` (_append's event, with the times as
+    given) differs from the request that wrote `earlier`. A time left out stands for what
+    it stood for the first time: received_at for the moment of recording, effective_at
+    for received_at."""
+    differences = [name for name in _REPEATED_FIELDS if getattr(earlier, name) != request[name]]
+    received_at = request["received_at"] or earlier.recorded_at
+    if received_at != earlier.received_at:
+        differences.append("received_at")
+    if (request["effective_at"] or received_at) != earlier.effective_at:
+        differences.append("effective_at")
+    return differences
+
+
+def _key_request_differences(*, purpose: str, request: dict) -> list[str]:
+    earlier = _key_first_event(purpose=purpose, idempotency_key=request["idempotency_key"])
+    return _request_differences(earlier, request) if earlier is not None else []
+
+
+# --- the bulk import's append ---------------------------------------------------------------
+
+# The table optout.imports fills and STAGED_APPEND_SQL reads, in file order (so `ctid`
+# breaks ties between two lines for one person with the same date: the first line wins).
+# Text columns: the import's fast path copies the file's own fields in unchanged.
+STAGING_DDL = (
+    "CREATE TEMP TABLE import_staging (subject_id text, purpose text, received_at text, source text, "
+    "email text NOT NULL DEFAULT '')"
+)
+
+# One statement: the earliest row per subject and purpose, minus what the ledger already
+# has, becomes one chained event each, and the states follow. Existing state rows were
+# locked beforehand; a state row that appears meanwhile for a new subject (someone
+# objecting while the import runs) violates the unique constraint, and the import is
+# rolled back rather than fork that person's chain.
+#
+# The hash is demur_event_hash (optout/sql/demur_event_hash.sql), which PostgreSQL inlines
+# here as one expression; its arguments are plain columns, constants and %(now)s, as
+# inlining needs for an argument the function reads twice. The uuid7 is assembled from
+# two integers: Unix milliseconds with a 12-bit counter (so one import's ids rise
+# strictly), then the variant and 62 random bits. subject_id sorts under "C", which orders
+# exactly as the database's C.UTF-8 and compares far faster.
+STAGED_APPEND_SQL = """
+WITH candidates AS (
+    SELECT DISTINCT ON (s.subject_id COLLATE "C", p.id)
+           s.subject_id, p.id AS purpose_id, p.slug AS purpose,
+           s.received_at::timestamptz AS received_at, s.source, s.email
+    FROM import_staging s JOIN optout_purpose p ON p.slug = s.purpose
+    ORDER BY s.subject_id COLLATE "C", p.id, s.received_at::timestamptz, s.ctid
+), eligible AS (
+    SELECT c.*, s.id AS state_id, coalesce(nullif(s.head_hash, ''), %(genesis)s) AS prev_hash,
+           nextval('optout_objectionevent_id_seq') AS id, row_number() OVER () AS rn,
+           floor(random() * 2147483648)::bigint << 31 | floor(random() * 2147483648)::bigint AS random62,
+           floor(random() * 16777216)::integer AS receipt_code
+    FROM candidates c
+    LEFT JOIN optout_objectionstate s ON s.subject_id = c.subject_id AND s.purpose_id = c.purpose_id
+    WHERE (s.id IS NULL OR (NOT s.objected AND (s.received_at IS NULL OR s.received_at < c.received_at)))
+      AND NOT EXISTS (
+          SELECT 1 FROM optout_objectionevent e
+          WHERE e.subject_id = c.subject_id AND e.purpose_id = c.purpose_id
+            AND e.action = 'objected' AND e.received_at = c.received_at
+      )
+), events AS (
+    SELECT e.subject_id, e.purpose_id, e.received_at, e.source, e.email, e.state_id, e.prev_hash, e.id,
+           e.receipt_code, e.uuid, demur_receipt(e.id, e.receipt_code) AS receipt,
+           demur_event_hash(
+               e.prev_hash, e.uuid, e.subject_id, e.purpose, 'objected', e.source, e.received_at, e.received_at,
+               %(now)s, e.receipt_code, e.email, '', NULL, NULL, '', NULL
+           ) AS hash
+    FROM (
+        SELECT e.*,
+               encode(int8send((%(ms)s + e.rn / 4096) << 16 | 28672 | e.rn %% 4096)
+                      || int8send(-9223372036854775808 | e.random62), 'hex')::uuid AS uuid
+        FROM eligible e
+    ) e
+), inserted AS (
+    INSERT INTO optout_objectionevent (
+        id, uuid, xid, subject_id, email, purpose_id, action, source, reason, staff_user,
+        received_at, effective_at, recorded_at, receipt_code, prev_hash, hash
     )
+    SELECT id, uuid, (SELECT pg_current_xact_id()::text::bigint), subject_id, email, purpose_id, 'objected',
+           source, '', '', received_at, received_at, %(now)s, receipt_code, prev_hash, hash
+    FROM events
+    RETURNING 1
+), updated AS (
+    UPDATE optout_objectionstate s SET
+        objected = true, source = e.source, received_at = e.received_at,
+        effective_at = e.received_at, receipt = e.receipt, last_event_id = e.id,
+        head_hash = e.hash, updated_at = %(now)s
+    FROM events e
+    WHERE e.state_id IS NOT NULL AND s.id = e.state_id
+    RETURNING 1
+), created AS (
+    INSERT INTO optout_objectionstate (
+        subject_id, purpose_id, objected, source, received_at, effective_at, receipt,
+        last_event_id, head_hash, updated_at
+    )
+    SELECT subject_id, purpose_id, true, source, received_at, received_at, receipt, id, hash, %(now)s
+    FROM events
+    WHERE state_id IS NULL
+    RETURNING 1
+)
+SELECT
+    (SELECT count(*) FROM candidates),
+    (SELECT count(*) FROM inserted),
+    (SELECT count(*) FROM updated) + (SELECT count(*) FROM created)
+"""
+
+# Whoever objects or withdraws for the staged people waits for the import from here on.
+_STAGED_LOCK_SQL = """
+SELECT 1 FROM optout_objectionstate
+WHERE (subject_id, purpose_id) IN (
+    SELECT s.subject_id, p.id FROM import_staging s JOIN optout_purpose p ON p.slug = s.purpose
+)
+FOR UPDATE
+"""
+
+
+@dataclass(frozen=True)
+class StagedAppend:
+    """What objections_append_staged wrote: of the `candidates` left once each subject's
+    earliest line was kept, `appended` became events (the rest the ledger had already)."""
+
+    candidates: int
+    appended: int
+
+
+def staged_append_params(*, now: datetime) -> dict:
+    """STAGED_APPEND_SQL's parameters, for events recorded at `now`."""
+    return {"genesis": GENESIS_HASH, "now": now, "ms": int(now.timestamp() * 1000)}
+
+
+def objections_append_staged(*, cursor: psycopg.Cursor, now: datetime) -> StagedAppend | None:
+    """Append what import_staging (STAGING_DDL) holds as `objected` events recorded at
+    `now`: one per subject and purpose, from its earliest line, unless the ledger already
+    has that objection, says the subject objects, or holds a later answer; the states
+    follow. Runs on `cursor` (psycopg's own, inside the caller's transaction).
+
+    None when someone objected or withdrew for a staged subject while it ran: the caller
+    must roll back, as nothing it wrote may stay."""
+    cursor.execute("ANALYZE import_staging")
+    # Enough for a million rows' sort and the materialised events (about 250 MB) to stay
+    # in memory; for this transaction only.
+    cursor.execute("SET LOCAL work_mem = '512MB'")
+    cursor.execute(_STAGED_LOCK_SQL)
+    try:
+        cursor.execute(STAGED_APPEND_SQL, staged_append_params(now=now))
+    except psycopg.errors.UniqueViolation:
+        return None
+    candidates, inserted, states = cursor.fetchone()
+    if states != inserted:
+        return None
+    return StagedAppend(candidates=candidates, appended=inserted)
 
 
 def audit_record(*, user, action: str, target: str = "", details: dict | None = None) -> None:

@@ -1,10 +1,11 @@
-"""Celery tasks of the opt-out pages: send outbox mail; sweep the outbox."""
+"""Celery tasks of the opt-out pages: send outbox mail; sweep the outbox. optout.outbox
+publishes by task name (SEND_MANY_TASK), so it needs nothing from here."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from optout.outbox import outbox_send, outbox_send_many, outbox_sweep
+from optout.outbox import SEND_MANY_TASK, outbox_send, outbox_send_many, outbox_sweep
 
 
 @shared_task(name="optout.outbox_send", ignore_result=True)
@@ -14,7 +15,7 @@ def outbox_send_task(message_id: int) -> bool:
     return outbox_send(message_id=message_id)
 
 
-@shared_task(name="optout.outbox_send_many", ignore_result=True)
+@shared_task(name=SEND_MANY_TASK, ignore_result=True)
 def outbox_send_many_task(items: list[list]) -> int:
     """[message id, request id] pairs published together by one process."""
     return outbox_send_many(items=[(message_id, request_id) for message_id, request_id in items])

@@ -10,5 +10,4 @@ urlpatterns = [
     path("t/<str:token>/", views.link, name="link"),
     path("status/<str:token>/", views.status, name="status"),
     path("verify/<str:token>/", views.verify, name="verify"),
-    path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
 ]

@@ -27,18 +27,16 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import get_language_info
 from django.utils.translation import gettext as _
-from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.core import is_ratelimited
 from markupsafe import escape as markup_escape
 
+from core.countries import country_name
 from optout import flows
-from optout.countries import country_name
 from optout.formatting import mask_email, mask_id, when
 from optout.forms import ObjectForm, PublicObjectionForm, WithdrawForm
 from optout.links import (
     OBJECT_SALT,
     STATUS_SALT,
-    UNSUBSCRIBE_SALT,
     BadLink,
     ExpiredLink,
     LinkClaims,
@@ -178,7 +176,7 @@ def error_page(request: HttpRequest, *, status: int, title: str, message: str, o
     return page(request, "error.html", {"title": title, "message": message, "offer_form": offer_form}, status=status)
 
 
-def _methods(*allowed: str):
+def allow_methods(*allowed: str):
     """Django's require_http_methods, answering another method with the localized page
     (405, with Allow) instead of an empty body."""
 
@@ -202,7 +200,7 @@ def _methods(*allowed: str):
     return decorate
 
 
-def _bad_link(request: HttpRequest, exc: Exception) -> HttpResponse:
+def bad_link_page(request: HttpRequest, exc: Exception) -> HttpResponse:
     if isinstance(exc, flows.UsedLink):
         return error_page(
             request,
@@ -225,7 +223,7 @@ def _bad_link(request: HttpRequest, exc: Exception) -> HttpResponse:
     )
 
 
-def _post(request: HttpRequest):
+def read_post(request: HttpRequest):
     """request.POST, with an oversized or malformed body turned into TooLarge / BadLink."""
     try:
         return request.POST
@@ -235,7 +233,7 @@ def _post(request: HttpRequest):
         raise BadLink("body") from exc
 
 
-def _too_large(request: HttpRequest) -> HttpResponse:
+def too_large_page(request: HttpRequest) -> HttpResponse:
     return error_page(
         request,
         status=413,
@@ -244,7 +242,7 @@ def _too_large(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _claims(token: str, salt: str) -> tuple[LinkClaims, Purpose]:
+def link_claims(token: str, salt: str) -> tuple[LinkClaims, Purpose]:
     claims = read_token(token, salt=salt)
     if not claims.subject_id or len(claims.subject_id) > 128:
         raise BadLink(token)
@@ -254,33 +252,33 @@ def _claims(token: str, salt: str) -> tuple[LinkClaims, Purpose]:
     return claims, purpose
 
 
-@_methods("GET", "HEAD", "POST")
+@allow_methods("GET", "HEAD", "POST")
 def link(request: HttpRequest, token: str) -> HttpResponse:
     """The page every notice links to. GET only shows it (mail scanners open links);
     POST records the objection and answers with the receipt."""
     try:
-        claims, purpose = _claims(token, OBJECT_SALT)
+        claims, purpose = link_claims(token, OBJECT_SALT)
     except BadLink as exc:
-        return _bad_link(request, exc)
+        return bad_link_page(request, exc)
     language = translation.get_language()
     identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
     status_link = status_url(LinkClaims(claims.subject_id, claims.purpose, language, email=claims.email))
 
     if request.method == "POST":
         try:
-            form = ObjectForm(_post(request))
+            form = ObjectForm(read_post(request))
         except TooLarge:
-            return _too_large(request)
+            return too_large_page(request)
         except BadLink as exc:
-            return _bad_link(request, exc)
+            return bad_link_page(request, exc)
         if "object" in form.errors:
-            return _not_understood(request)
+            return not_understood_page(request)
         if not form.is_valid():
             return page(request, "link.html", {"form": form, "purpose": purpose, "identity": identity}, status=400)
         try:
             receipt = flows.link_object(claims=claims, reason=form.cleaned_data["reason"], language=language)
         except LedgerError as exc:
-            return _bad_link(request, exc)
+            return bad_link_page(request, exc)
         return receipt_page(
             request,
             receipt=receipt,
@@ -300,13 +298,13 @@ def link(request: HttpRequest, token: str) -> HttpResponse:
     return page(request, "link.html", {"form": ObjectForm(), "purpose": purpose, "identity": identity})
 
 
-@_methods("GET", "HEAD", "POST")
+@allow_methods("GET", "HEAD", "POST")
 def status(request: HttpRequest, token: str) -> HttpResponse:
     """Current state and history; withdraw (with a confirmation tick) or object again."""
     try:
-        claims, purpose = _claims(token, STATUS_SALT)
+        claims, purpose = link_claims(token, STATUS_SALT)
     except BadLink as exc:
-        return _bad_link(request, exc)
+        return bad_link_page(request, exc)
     language = translation.get_language()
     identity = mask_email(claims.email) if claims.email else mask_id(claims.subject_id)
     withdraw_form = WithdrawForm()
@@ -315,11 +313,11 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
 
     if request.method == "POST":
         try:
-            data = _post(request)
+            data = read_post(request)
         except TooLarge:
-            return _too_large(request)
+            return too_large_page(request)
         except BadLink as exc:
-            return _bad_link(request, exc)
+            return bad_link_page(request, exc)
         action = data.get("action")
         try:
             if action == "withdraw":
@@ -334,9 +332,9 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
                 flows.link_object(claims=claims, reason="", language=language)
                 done = "objected"
             else:
-                return _not_understood(request)
+                return not_understood_page(request)
         except LedgerError as exc:  # as on the link page: e.g. a purpose gone since the link was made
-            return _bad_link(request, exc)
+            return bad_link_page(request, exc)
 
     state = objection_state_get(subject_id=claims.subject_id, purpose=claims.purpose)
     history = objection_history(subject_id=claims.subject_id, purpose=claims.purpose)
@@ -355,7 +353,7 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
     )
 
 
-@_methods("GET", "HEAD", "POST")
+@allow_methods("GET", "HEAD", "POST")
 def public_form(request: HttpRequest) -> HttpResponse:
     """Object without a link: email, country, optional account id and reason; we answer
     with a verification mail, and the same page whether or not the address is known."""
@@ -365,11 +363,11 @@ def public_form(request: HttpRequest) -> HttpResponse:
     if is_ratelimited(request, group="optout-form-ip", key="ip", rate=settings.DEMUR_FORM_RATE_IP, increment=True):
         return _rate_limited(request)
     try:
-        form = PublicObjectionForm(_post(request), language=language)
+        form = PublicObjectionForm(read_post(request), language=language)
     except TooLarge:
-        return _too_large(request)
+        return too_large_page(request)
     except BadLink as exc:
-        return _bad_link(request, exc)
+        return bad_link_page(request, exc)
     if not form.is_valid():
         return page(request, "form.html", {"form": form}, status=400)
     email = form.cleaned_data["email"].strip().lower()
@@ -394,7 +392,7 @@ def public_form(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _not_understood(request: HttpRequest) -> HttpResponse:
+def not_understood_page(request: HttpRequest) -> HttpResponse:
     return error_page(
         request,
         status=400,
@@ -416,14 +414,14 @@ def _rate_limited(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@_methods("GET", "HEAD", "POST")
+@allow_methods("GET", "HEAD", "POST")
 def verify(request: HttpRequest, token: str) -> HttpResponse:
     """The link in the verification mail. GET asks for a click (scanners open links);
     POST records the objection once."""
     try:
         verification = flows.verification_read(token)
     except BadLink as exc:
-        return _bad_link(request, exc)
+        return bad_link_page(request, exc)
     language = translation.get_language()
     context = {
         "purpose": verification.purpose,
@@ -435,7 +433,7 @@ def verify(request: HttpRequest, token: str) -> HttpResponse:
     try:
         receipt = flows.verification_confirm(verification_id=verification.id, language=language)
     except BadLink as exc:
-        return _bad_link(request, exc)
+        return bad_link_page(request, exc)
     email = verification.email.strip().lower()
     if account_unproven(subject_id=receipt.subject_id, email=email):
         # An account id the person typed: no status link, and no earlier receipt.
@@ -448,37 +446,6 @@ def verify(request: HttpRequest, token: str) -> HttpResponse:
         status_url=status_url(flows.status_claims_for(receipt, language=language, email=email)),
         mailed=receipt.created,
     )
-
-
-@csrf_exempt
-@_methods("GET", "HEAD", "POST")
-def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
-    """RFC 8058 one-click unsubscribe. The mail client POSTs `List-Unsubscribe=One-Click`
-    with no cookie, so this view is exempt from CSRF (it can only stop mail) and answers
-    200 without a redirect. GET shows a page with the same button and the objection."""
-    try:
-        claims, purpose = _claims(token, UNSUBSCRIBE_SALT)
-    except BadLink as exc:
-        return _bad_link(request, exc)
-    context = {
-        "identity": mask_email(claims.email) if claims.email else mask_id(claims.subject_id),
-        "objection_url": flows.objection_link_for(
-            LinkClaims(claims.subject_id, claims.purpose, translation.get_language(), email=claims.email)
-        ),
-        "purpose": purpose,
-    }
-    if request.method != "POST":
-        return page(request, "unsubscribe.html", {**context, "done": False})
-    try:
-        data = _post(request)
-    except TooLarge:
-        return _too_large(request)
-    except BadLink as exc:
-        return _bad_link(request, exc)
-    if data.get("List-Unsubscribe") != "One-Click":
-        return _not_understood(request)
-    flows.unsubscribe(claims=claims)
-    return page(request, "unsubscribe.html", {**context, "done": True})
 
 
 def link_without_language(request: HttpRequest, token: str) -> HttpResponse:
@@ -520,7 +487,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if isinstance(exception, RequestDataTooBig | TooManyFieldsSent):
-        return _too_large(request)
+        return too_large_page(request)
     return error_page(
         request,
         status=400,

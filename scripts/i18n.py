@@ -72,9 +72,7 @@ def extract_django_template(fileobj, keywords, comment_tags, options):
     from django.utils.translation.template import templatize
 
     code = templatize(fileobj.read().decode("utf-8"))
-    yield from extract_python(
-        io.BytesIO(code.encode("utf-8")), keywords, comment_tags, options
-    )
+    yield from extract_python(io.BytesIO(code.encode("utf-8")), keywords, comment_tags, options)
 
 
 DJANGO = (extract_django_template, {})
@@ -107,15 +105,14 @@ ROOTS = {
         "optout/locale",
         (
             Source("optout", PYTHON),
+            Source("core", PYTHON),  # the API's error messages, shared with campaigns
             Source("templates/optout", JINJA, "**"),
             Source("templates/layout.html", JINJA),
         ),
     ),
 }
 
-PLACEHOLDER_RE = re.compile(
-    r"%\((\w+)\)[#0 +-]*\d*(?:\.\d+)?[sdifr]|(?<!\{)\{(\w+)(?:![rsa])?(?::[^{}]*)?\}(?!\})"
-)
+PLACEHOLDER_RE = re.compile(r"%\((\w+)\)[#0 +-]*\d*(?:\.\d+)?[sdifr]|(?<!\{)\{(\w+)(?:![rsa])?(?::[^{}]*)?\}(?!\})")
 
 
 def placeholders(text: str) -> set[str]:
@@ -137,14 +134,9 @@ def extract_template(base: Path, root: Root) -> Catalog:
         if path.is_file():
             found = (
                 (str(path.relative_to(base)), *message)
-                for message in extract_from_file(
-                    method, str(path), keywords=KEYWORDS, options=options
-                )
+                for message in extract_from_file(method, str(path), keywords=KEYWORDS, options=options)
             )
-            results = (
-                (filename, lineno, msg, comments, ctx)
-                for filename, lineno, msg, comments, ctx in found
-            )
+            results = ((filename, lineno, msg, comments, ctx) for filename, lineno, msg, comments, ctx in found)
         else:
             results = (
                 (f"{source.path}/{filename}", lineno, msg, comments, ctx)
@@ -185,18 +177,12 @@ def extract(base: Path, root: Root) -> list[Path]:
                 domain=DOMAIN,
                 fuzzy=False,
             )
-        catalog.update(
-            copy.deepcopy(template), no_fuzzy_matching=True, update_header_comment=False
-        )
+        catalog.update(copy.deepcopy(template), no_fuzzy_matching=True, update_header_comment=False)
         if language == SOURCE_LANGUAGE:
             for message in catalog:
                 if isinstance(message.id, str) and not message.string:
                     message.string = message.id
-                elif (
-                    message.id
-                    and not isinstance(message.id, str)
-                    and not any(message.string)
-                ):
+                elif message.id and not isinstance(message.id, str) and not any(message.string):
                     message.string = tuple(message.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
@@ -250,31 +236,23 @@ def check_root(base: Path, root: Root) -> list[str]:
         except (PoFileError, ValueError, UnicodeError, IndexError) as error:
             problems.append(f"{where}: does not parse: {error}")
             continue
-        have = {
-            (m.context, m.id if isinstance(m.id, str) else m.id[0])
-            for m in catalog
-            if m.id
-        }
+        have = {(m.context, m.id if isinstance(m.id, str) else m.id[0]) for m in catalog if m.id}
         for _context, msgid in sorted(wanted - have, key=str):
             problems.append(f"{where}: not in the catalog (run extract): {msgid!r}")
         nplurals = catalog.num_plurals
         for message in catalog:
             if not message.id:
                 continue
-            label = f"{where}:{message.lineno}: {str(message.id if isinstance(message.id, str) else message.id[0])[:60]!r}"
+            label = (
+                f"{where}:{message.lineno}: {str(message.id if isinstance(message.id, str) else message.id[0])[:60]!r}"
+            )
             if message.fuzzy:
                 problems.append(f"{label} is fuzzy")
             if message.pluralizable:
                 source = placeholders(message.id[0]) | placeholders(message.id[1])
-                forms = (
-                    list(message.string)
-                    if isinstance(message.string, (list, tuple))
-                    else [message.string]
-                )
+                forms = list(message.string) if isinstance(message.string, (list, tuple)) else [message.string]
                 if len(forms) != nplurals:
-                    problems.append(
-                        f"{label} has {len(forms)} plural forms, the language has {nplurals}"
-                    )
+                    problems.append(f"{label} has {len(forms)} plural forms, the language has {nplurals}")
             else:
                 source = placeholders(message.id)
                 forms = [message.string]
@@ -338,9 +316,7 @@ def fill(base: Path, files: list[Path]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["extract", "compile", "check", "fill"])
     parser.add_argument("files", nargs="*", type=Path, help="fill: JSON files of translations")
     parser.add_argument(

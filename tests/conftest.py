@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
 
 from optout.models import Purpose
+from tests.redis_dbs import empty_owned, own_database
 
 LEDGER_TABLE = "optout_objectionevent"
 
@@ -34,25 +35,22 @@ DatabaseOperations.sql_flush = _sql_flush_past_ledger_guard
 
 def pytest_sessionstart(session):
     """Compile every catalog, as scripts/test does, so that a bare `python -m pytest`
-    reads the translations as they are in the .po files."""
+    reads the translations as they are in the .po files. A Redis cache is this session's
+    own, emptied now and at the end (tests/redis_dbs.py)."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "i18n.py"
     subprocess.run([sys.executable, str(script), "compile", "-q"], check=True)
+    if os.environ.get("CACHE_URL", "").startswith("redis"):
+        own_database("CACHE_URL", 0)
 
 
-def pytest_collection_modifyitems(config, items):
-    if connection.vendor != "postgresql":
-        skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://...")
-        for item in items:
-            if "postgres" in item.keywords:
-                item.add_marker(skip)
+def pytest_sessionfinish(session, exitstatus):
+    empty_owned()
 
 
 @pytest.fixture
 def purpose(db) -> Purpose:
     """The default purpose. Created by a data migration, but transactional tests flush it."""
-    obj, _ = Purpose.objects.get_or_create(
-        slug="ai-training", defaults={"name": "training and improving AI models"}
-    )
+    obj, _ = Purpose.objects.get_or_create(slug="ai-training", defaults={"name": "training and improving AI models"})
     return obj
 
 

@@ -83,17 +83,13 @@ def test_it_fails_when_a_placeholder_is_misspelt(copy):
             copy,
             "pl",
             msgid,
-            lambda m: setattr(
-                m, "string", m.string.replace("%(product)s", "%(produkt)s")
-            ),
+            lambda m: setattr(m, "string", m.string.replace("%(product)s", "%(produkt)s")),
         )
 
     problems = _new_problems(copy, misspell)
 
     assert problems and all("locale/pl/" in p and "produkt" in p for p in problems)
-    assert any(
-        "['produkt'] differ from the source's ['product']" in p for p in problems
-    )
+    assert any("['produkt'] differ from the source's ['product']" in p for p in problems)
 
 
 def test_it_fails_when_a_brace_placeholder_is_misspelt(copy):
@@ -108,30 +104,22 @@ def test_it_fails_when_a_brace_placeholder_is_misspelt(copy):
         ),
     )
 
-    assert (
-        len(problems) == 1 and "locale/sv/" in problems[0] and "['namn']" in problems[0]
-    )
+    assert len(problems) == 1 and "locale/sv/" in problems[0] and "['namn']" in problems[0]
 
 
 def test_it_fails_when_a_translation_is_fuzzy(copy):
     problems = _new_problems(
         copy,
-        lambda: _edit(
-            copy, "de", "Why we use it", lambda message: message.flags.add("fuzzy")
-        ),
+        lambda: _edit(copy, "de", "Why we use it", lambda message: message.flags.add("fuzzy")),
     )
 
-    assert (
-        len(problems) == 1 and "locale/de/" in problems[0] and "is fuzzy" in problems[0]
-    )
+    assert len(problems) == 1 and "locale/de/" in problems[0] and "is fuzzy" in problems[0]
 
 
 def test_it_fails_when_a_catalog_does_not_parse(copy):
     path = copy / "locale" / "cs" / "LC_MESSAGES" / "django.po"
 
-    problems = _new_problems(
-        copy, lambda: path.write_text(path.read_text() + '\nmsgid "broken\n')
-    )
+    problems = _new_problems(copy, lambda: path.write_text(path.read_text() + '\nmsgid "broken\n'))
 
     assert any("locale/cs/" in p and "does not parse" in p for p in problems), problems
 
@@ -141,16 +129,11 @@ def test_it_fails_when_a_source_message_is_not_in_the_catalogs(copy):
 
     problems = _new_problems(
         copy,
-        lambda: body.write_text(
-            body.read_text() + '{{ _("A sentence nobody extracted") }}\n'
-        ),
+        lambda: body.write_text(body.read_text() + '{{ _("A sentence nobody extracted") }}\n'),
     )
 
     assert len(problems) == len(i18n.LANGUAGES)
-    assert all(
-        "not in the catalog" in p and "A sentence nobody extracted" in p
-        for p in problems
-    )
+    assert all("not in the catalog" in p and "A sentence nobody extracted" in p for p in problems)
 
 
 def test_it_extracts_python_jinja2_and_django_templates_together(copy):
@@ -162,10 +145,7 @@ def test_it_extracts_python_jinja2_and_django_templates_together(copy):
     assert any(s.startswith("templates/notices/") for s in sources)
     assert any(s.startswith("templates/django/") for s in sources)
     assert template.get("Object", context="button") is not None
-    assert (
-        template.get(("%(count)s message missing", "%(count)s messages missing"))
-        is not None
-    )
+    assert template.get(("%(count)s message missing", "%(count)s messages missing")) is not None
 
 
 def test_it_compiles_catalogs_that_gettext_reads_and_the_command_exits_nonzero_on_problems(
@@ -176,9 +156,7 @@ def test_it_compiles_catalogs_that_gettext_reads_and_the_command_exits_nonzero_o
     german = gettext.translation("django", str(copy / "locale"), ["de"])
     assert german.gettext("What we will use") == "Was wir verwenden"
 
-    _edit(
-        copy, "fi", "What we will use", lambda message: setattr(message, "string", "")
-    )
+    _edit(copy, "fi", "What we will use", lambda message: setattr(message, "string", ""))
     command = [
         sys.executable,
         str(ROOT / "scripts" / "i18n.py"),
@@ -191,10 +169,7 @@ def test_it_compiles_catalogs_that_gettext_reads_and_the_command_exits_nonzero_o
     failed = subprocess.run(command, check=False, capture_output=True, text=True)
 
     assert failed.returncode == 1
-    assert (
-        "locale/fi/LC_MESSAGES/django.po" in failed.stdout
-        and "'What we will use' is untranslated" in failed.stdout
-    )
+    assert "locale/fi/LC_MESSAGES/django.po" in failed.stdout and "'What we will use' is untranslated" in failed.stdout
 
 
 def test_it_fills_translations_handed_over_as_json_and_names_unknown_messages(copy):

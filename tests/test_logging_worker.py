@@ -13,7 +13,7 @@ import pytest
 from optout.links import LinkClaims, objection_url
 from tests.campaigns.test_reliability import Worker, broker, sink  # noqa: F401 - fixtures
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 REQUEST_ID = "req-h8-worker-7"
 

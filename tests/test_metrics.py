@@ -29,9 +29,10 @@ from tests.campaigns.smtpsink import SmtpSink
 from tests.campaigns.test_dispatch import _launch
 from tests.campaigns.test_dispatch_tracking import KEY, _payload, _post
 from tests.campaigns.test_reliability import broker, sink  # noqa: F401 - fixtures
+from tests.redis_dbs import own_database
 
 pytestmark = pytest.mark.django_db
-BROKER = os.environ.get("DEMUR_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
+BROKER = own_database("DEMUR_TEST_METRICS_BROKER_URL", 9)
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_PORT = int(os.environ.get("DEMUR_TEST_WORKER_METRICS_PORT", "8181"))
 
@@ -185,7 +186,6 @@ def test_an_unreachable_broker_leaves_the_queue_depth_out_and_the_scrape_answers
     assert any(key[0] == "demur_http_request_duration_seconds_count" for key in samples)
 
 
-@pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_serves_the_counters_of_all_its_pool_processes(purpose, broker, sink, tmp_path):  # noqa: F811
@@ -225,8 +225,10 @@ def test_a_worker_serves_the_counters_of_all_its_pool_processes(purpose, broker,
         # The failed task may still be queued or running beside the last batch.
         scraped: list[dict] = []
         _wait(
-            lambda: scraped.append(scrape())
-            or value(scraped[-1], "demur_errors_total", source="task", name="campaigns.dispatch") >= 1,
+            lambda: (
+                scraped.append(scrape())
+                or value(scraped[-1], "demur_errors_total", source="task", name="campaigns.dispatch") >= 1
+            ),
             timeout=30,
             workers=[worker],
             what="the failed task to be counted",

@@ -32,7 +32,6 @@ def post_objection(base_url: str, key: str, subject_id: str) -> None:
         assert response.status in (200, 201)
 
 
-@pytest.mark.postgres  # concurrent writers; SQLite's in-memory test database locks
 @pytest.mark.slow
 @override_settings(DEMUR_API_THROTTLE_RATE="")
 def test_it_mirrors_every_objection_while_they_are_being_written(live_server, purpose, tmp_path):

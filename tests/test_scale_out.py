@@ -24,12 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from optout.links import LinkClaims, objection_url
 from optout.models import ObjectionEvent
+from tests.campaigns.private_servers import free_port
+from tests.redis_dbs import own_database
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKER = os.environ.get("DEMUR_TEST_CAMPAIGN_BROKER_URL", "redis://127.0.0.1:6379/10")
-WEB_PORT = int(os.environ.get("DEMUR_TEST_WEB_PORT", "8180"))
+BROKER = own_database("DEMUR_TEST_SCALE_OUT_BROKER_URL", 12)
 NETNS_REFUSED = 77
 
 
@@ -62,13 +63,14 @@ def test_worker_hosts_in_their_own_network_namespaces_mail_everyone_once(purpose
 class Master:
     """One gunicorn master (one sync worker) on the shared address, logging to a file."""
 
-    def __init__(self, name: str, tmp_path: Path, metrics_dir: Path) -> None:
+    def __init__(self, name: str, tmp_path: Path, metrics_dir: Path, port: int) -> None:
         self.log = tmp_path / f"{name}.log"
+        self.port = port
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings_test",
             "DATABASE_URL": _database_url(),
-            "GUNICORN_BIND": f"127.0.0.1:{WEB_PORT}",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_REUSE_PORT": "true",
             "WEB_CONCURRENCY": "1",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
@@ -88,9 +90,6 @@ class Master:
                 ids.add(json.loads(line)["request_id"])
         return ids
 
-    def ready(self) -> bool:
-        return "Booting worker" in self.log.read_text(errors="replace")
-
     def stop(self) -> None:
         """TERM to the master (a graceful stop); its whole process group killed if it hangs."""
         self.process.terminate()
@@ -101,10 +100,10 @@ class Master:
             self.process.wait(timeout=10)
 
 
-def _request(method: str, path: str, *, body: str = "", headers: dict | None = None):
+def _request(port: int, method: str, path: str, *, body: str = "", headers: dict | None = None):
     """One request on a connection of its own, so that the kernel picks a master anew."""
     request_id = uuid.uuid4().hex
-    conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request(method, path, body=body or None, headers={"X-Request-ID": request_id, **(headers or {})})
         response = conn.getresponse()
@@ -117,14 +116,22 @@ def _request(method: str, path: str, *, body: str = "", headers: dict | None = N
 def masters(tmp_path):
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
-    started = [Master(name, tmp_path, metrics_dir) for name in ("web-a", "web-b")]
+    port = free_port()
+    started = [Master(name, tmp_path, metrics_dir, port) for name in ("web-a", "web-b")]
     try:
+        # Up when each master has answered a request itself (its access log names the
+        # request's id); /readyz, so that the test's own /healthz count starts at zero.
         deadline = time.monotonic() + 60
-        while not all(master.ready() for master in started):
+        asked: set[str] = set()
+        while not all(asked & master.answered() for master in started):
             for master in started:
                 assert master.process.poll() is None, master.log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the web masters did not start"
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "the web masters did not both answer"
+            try:
+                asked.add(_request(port, "GET", "/readyz")[0])
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.1)
         yield started
     finally:
         for master in started:
@@ -138,7 +145,8 @@ def _who(masters, request_id: str) -> str:
 
 
 def test_two_masters_on_one_address_both_answer_and_share_no_state(purpose, masters):
-    healthz = [_request("GET", "/healthz") for _ in range(30)]
+    port = masters[0].port
+    healthz = [_request(port, "GET", "/healthz") for _ in range(30)]
     assert {status for _, status, _, _ in healthz} == {200}
     time.sleep(0.5)  # the access lines are written after the response
     assert {_who(masters, request_id) for request_id, *_ in healthz} == {"web-a", "web-b"}
@@ -147,11 +155,12 @@ def test_two_masters_on_one_address_both_answer_and_share_no_state(purpose, mast
     # link are checked against the shared secret key, nothing held by the process.
     for attempt in range(40):
         path = urlsplit(objection_url(LinkClaims(f"scale-{attempt}", purpose.slug, "en"))).path
-        get_id, status, set_cookie, page = _request("GET", path)
+        get_id, status, set_cookie, page = _request(port, "GET", path)
         assert status == 200
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
         cookie = SimpleCookie(set_cookie)["csrftoken"].value
         post_id, status, _, receipt = _request(
+            port,
             "POST",
             path,
             body=f"csrfmiddlewaretoken={token}&object=yes",
@@ -167,7 +176,7 @@ def test_two_masters_on_one_address_both_answer_and_share_no_state(purpose, mast
 
     # Every worker of both masters writes to one PROMETHEUS_MULTIPROC_DIR: the scrape
     # answered by either master counts all of them.
-    _, status, _, text = _request("GET", "/metrics")
+    _, status, _, text = _request(port, "GET", "/metrics")
     assert status == 200
     counted = sum(
         sample.value

@@ -4,7 +4,8 @@ every insert is stamped with its transaction id for the change feed.
 
 It also gets the event hash and receipt numbers as SQL functions, so that the bulk
 import can write a million chained events in one set-based statement. demur_event_hash
-must stay byte-for-byte equal to optout.ledger.event_hash (a test checks)."""
+must stay byte-for-byte equal to optout.ledger.event_hash (a test checks). The functions'
+current bodies are in optout/sql/ (migration optout/0011)."""
 
 from django.db import migrations
 
@@ -109,16 +110,6 @@ DROP FUNCTION demur_ledger_reject_change();
 """
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FORWARD, params=None)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
-
-
 class Migration(migrations.Migration):
     dependencies = [("optout", "0001_initial")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [migrations.RunSQL([FORWARD], [BACKWARD])]

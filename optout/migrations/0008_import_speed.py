@@ -30,21 +30,11 @@ ALTER TABLE optout_objectionevent ALTER COLUMN xid DROP DEFAULT;
 """
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FORWARD, params=None)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
-
-
 class Migration(migrations.Migration):
     dependencies = [("optout", "0007_audit_audience_import")]
 
     operations = [
-        migrations.RunPython(forward, backward),
+        migrations.RunSQL([FORWARD], [BACKWARD]),
         migrations.AlterField(
             model_name="objectionstate",
             name="last_event",

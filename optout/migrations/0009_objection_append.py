@@ -1,7 +1,7 @@
-"""One round trip for an objection or withdrawal on PostgreSQL.
+"""One round trip for an objection or withdrawal.
 
-demur_objection_append() does in the database what optout.services._append_python does
-with a dozen statements: find the purpose, check an idempotency key, lock the subject's
+demur_objection_append() does in the database what would otherwise take a dozen
+statements (its current body: optout/sql/demur_objection_append.sql): find the purpose, check an idempotency key, lock the subject's
 state row (or create it, for someone new, already in its final form), chain the new
 event to the previous one (hashed by demur_event_hash, the SQL twin of
 optout.ledger.event_hash), update the state, and write the outbox row of the
@@ -149,16 +149,6 @@ DROP FUNCTION demur_objection_append(text, text, text, text, timestamptz, timest
 """
 
 
-def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FORWARD, params=None)
-
-
-def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
-
-
 class Migration(migrations.Migration):
     dependencies = [("optout", "0008_import_speed")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [migrations.RunSQL([FORWARD], [BACKWARD])]

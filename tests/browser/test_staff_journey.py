@@ -34,7 +34,6 @@ from tests.campaigns.test_reliability import Worker, broker  # noqa: E402,F401 (
 # which a transactional test's flush would otherwise leave empty for the next one.
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.postgres,
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 

@@ -42,22 +42,16 @@ def campaign(purpose):
 
 
 @pytest.mark.parametrize("language", list(PREVIEW))
-def test_it_shows_staff_the_notice_preview_in_each_language(
-    browser, live_server, campaign, language
-):
+def test_it_shows_staff_the_notice_preview_in_each_language(browser, live_server, campaign, language):
     get_user_model().objects.create_superuser("priya", "priya@example.com", PASSWORD)
-    context = browser.new_context(
-        locale=language, viewport={"width": 1400, "height": 2800}
-    )
+    context = browser.new_context(locale=language, viewport={"width": 1400, "height": 2800})
     page = context.new_page()
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", "priya")
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
 
-    page.goto(
-        f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/notice-preview/?lang={language}"
-    )
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/notice-preview/?lang={language}")
 
     heading, subject = PREVIEW[language]
     assert heading in page.inner_text("#content")
@@ -66,32 +60,18 @@ def test_it_shows_staff_the_notice_preview_in_each_language(
     assert mail_frame.locator("a.button").count() == 1
     assert mail_frame.locator("html").get_attribute("lang") == language
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(
-        path=str(SCREENSHOTS / f"notice-preview-{language}.png"), full_page=True
-    )
+    page.screenshot(path=str(SCREENSHOTS / f"notice-preview-{language}.png"), full_page=True)
     context.close()
 
 
 @pytest.mark.parametrize("language", list(MAIL))
-def test_it_renders_the_mail_as_received_at_phone_width_without_fetching_anything(
-    browser, campaign, language
-):
-    version = next(
-        v
-        for v in notice_versions_freeze(campaign_id=campaign.pk)
-        if v.language == language
-    )
-    notice_email(
-        version, to="reader@example.com", name="Zofia", subject_id="user-2001"
-    ).send()
-    received = email.message_from_bytes(
-        mail.outbox[0].message().as_bytes(), policy=email.policy.default
-    )
+def test_it_renders_the_mail_as_received_at_phone_width_without_fetching_anything(browser, campaign, language):
+    version = next(v for v in notice_versions_freeze(campaign_id=campaign.pk) if v.language == language)
+    notice_email(version, to="reader@example.com", name="Zofia", subject_id="user-2001").send()
+    received = email.message_from_bytes(mail.outbox[0].message().as_bytes(), policy=email.policy.default)
     html = received.get_body(preferencelist=("html",)).get_content()
     text = received.get_body(preferencelist=("plain",)).get_content()
-    context = browser.new_context(
-        viewport={"width": 360, "height": 740}, java_script_enabled=False
-    )
+    context = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
     page = context.new_page()
     fetched = []
     page.route("**/*", lambda route: (fetched.append(route.request.url), route.abort()))
@@ -104,12 +84,8 @@ def test_it_renders_the_mail_as_received_at_phone_width_without_fetching_anythin
     assert page.locator("a.button").inner_text() == button
     assert page.locator("a.button").is_visible()
     assert not page.locator(".preheader").is_visible()
-    assert (
-        page.evaluate("document.documentElement.scrollWidth") <= 360
-    )  # no sideways scrolling on a phone
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling on a phone
     assert fetched == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(
-        path=str(SCREENSHOTS / f"notice-mail-{language}-phone.png"), full_page=True
-    )
+    page.screenshot(path=str(SCREENSHOTS / f"notice-mail-{language}-phone.png"), full_page=True)
     context.close()

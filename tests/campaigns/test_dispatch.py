@@ -174,7 +174,6 @@ def test_it_settles_a_dead_workers_claim_without_sending_anyone_twice(purpose, s
     assert Campaign.objects.get(pk=campaign.pk).status == "completed"
 
 
-@pytest.mark.postgres
 def test_it_shares_one_send_rate_between_concurrent_senders():
     if "redis" not in type(caches["default"]).__module__:
         pytest.skip("needs CACHE_URL=redis://...")

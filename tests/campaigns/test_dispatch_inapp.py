@@ -44,7 +44,10 @@ def test_it_lists_a_subjects_notices_in_their_language_with_the_signed_link(purp
     delivery = Delivery.objects.get(subject_id="u-el")
     assert notice["id"] == delivery.pk and notice["campaign_id"] == campaign.pk
     assert notice["language"] == "el" and notice["already_objected"] is False
-    assert notice["notice_version"] == {"id": delivery.notice_version_id, "content_hash": delivery.notice_version.content_hash}
+    assert notice["notice_version"] == {
+        "id": delivery.notice_version_id,
+        "content_hash": delivery.notice_version.content_hash,
+    }
     claims = read_token(notice["object_url"].rstrip("/").rsplit("/", 1)[1], salt=OBJECT_SALT)
     assert (claims.subject_id, claims.language, claims.notice_version_id) == ("u-el", "el", delivery.notice_version_id)
     assert notice["object_url"].replace("&", "&amp;") in notice["html"] or notice["object_url"] in notice["html"]

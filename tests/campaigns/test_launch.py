@@ -159,7 +159,6 @@ def test_it_sends_nothing_after_the_expiry(purpose):
     assert set(Delivery.objects.values_list("status", flat=True)) == {"expired"}
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_it_creates_deliveries_once_when_two_launches_race(purpose):
     _audience()

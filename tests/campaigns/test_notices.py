@@ -70,14 +70,8 @@ def test_it_freezes_one_version_per_language_with_its_hashes(campaign):
 
 
 def test_it_freezes_only_once(campaign):
-    first = {
-        v.language: (v.pk, v.content_hash)
-        for v in notice_versions_freeze(campaign_id=campaign.pk)
-    }
-    again = {
-        v.language: (v.pk, v.content_hash)
-        for v in notice_versions_freeze(campaign_id=campaign.pk)
-    }
+    first = {v.language: (v.pk, v.content_hash) for v in notice_versions_freeze(campaign_id=campaign.pk)}
+    again = {v.language: (v.pk, v.content_hash) for v in notice_versions_freeze(campaign_id=campaign.pk)}
 
     assert again == first
     assert NoticeVersion.objects.filter(campaign=campaign).count() == len(LANGUAGES)
@@ -99,10 +93,7 @@ def test_it_writes_the_notice_in_the_persons_language_with_the_campaigns_values(
     de = _person(versions["de"])
     assert de.subject == "Ihre Informationen und KI bei Demur Social"
     assert '<html lang="de" dir="ltr">' in de.html
-    assert (
-        "Ab dem 27. Januar 2027 wird Example Social Ltd öffentliche Informationen aus Demur Social"
-        in de.text
-    )
+    assert "Ab dem 27. Januar 2027 wird Example Social Ltd öffentliche Informationen aus Demur Social" in de.text
     assert "Hallo Alex," in de.text
     el = _person(versions["el"])
     assert "Οι πληροφορίες σας και η ΤΝ στο Demur Social" == el.subject
@@ -131,9 +122,7 @@ def test_it_covers_every_section_the_notice_owes(campaign):
     # The right to object is a section of its own, set apart by a box (Art. 21(4)).
     box = re.search(r'<td class="right"[^>]*>(.*?)</td>', en.html, re.DOTALL).group(1)
     assert "Your right to object" in box and "legitimate interests" in box
-    assert (
-        box.count('href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"') == 2
-    )  # button + link
+    assert box.count('href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"') == 2  # button + link
 
 
 def test_it_escapes_what_varies_per_person_in_html_and_leaves_text_plain(campaign):
@@ -142,18 +131,13 @@ def test_it_escapes_what_varies_per_person_in_html_and_leaves_text_plain(campaig
     notice = _person(version, name='Bob <script>alert("x")</script> & Co {0}')
 
     assert "<script>" not in notice.html
-    assert (
-        "Hello Bob &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Co {0},"
-        in notice.html
-    )
+    assert "Hello Bob &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Co {0}," in notice.html
     assert 'Hello Bob <script>alert("x")</script> & Co {0},' in notice.text
     assert "__demur_" not in notice.html + notice.text + notice.inapp
 
 
 def test_it_inserts_campaign_values_safely(purpose):
-    campaign = make_campaign(
-        purpose, controller_name='Q&A <"Social"> Ltd', product_name="Chat{x}%(y)s"
-    )
+    campaign = make_campaign(purpose, controller_name='Q&A <"Social"> Ltd', product_name="Chat{x}%(y)s")
     version = notice_versions_freeze(campaign_id=campaign.pk)[LANGUAGES.index("en")]
 
     notice = _person(version)
@@ -200,17 +184,13 @@ def test_it_sends_a_mail_with_the_signed_links_and_the_one_click_unsubscribe_hea
 ):
     version = notice_versions_freeze(campaign_id=campaign.pk)[LANGUAGES.index("de")]
 
-    notice_email(
-        version, to="anna@example.com", name="Anna", subject_id="user-42"
-    ).send()
+    notice_email(version, to="anna@example.com", name="Anna", subject_id="user-42").send()
 
     (message,) = mail.outbox
     html = message.alternatives[0][0]
     assert message.subject == "Ihre Informationen und KI bei Demur Social"
     object_link = re.search(r'href="([^"]*/optout/t/[^"]+)"', html).group(1)
-    claims = read_token(
-        urlsplit(object_link).path.rstrip("/").rsplit("/", 1)[1], salt=OBJECT_SALT
-    )
+    claims = read_token(urlsplit(object_link).path.rstrip("/").rsplit("/", 1)[1], salt=OBJECT_SALT)
     assert (claims.subject_id, claims.purpose, claims.language) == (
         "user-42",
         "ai-training",
@@ -220,29 +200,21 @@ def test_it_sends_a_mail_with_the_signed_links_and_the_one_click_unsubscribe_hea
     assert urlsplit(object_link).path.startswith("/de/optout/t/")
     assert object_link in message.body
     unsubscribe = message.extra_headers["List-Unsubscribe"].strip("<>")
-    assert (
-        message.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    )
+    assert message.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     token = urlsplit(unsubscribe).path.rstrip("/").rsplit("/", 1)[1]
     assert read_token(token, salt=UNSUBSCRIBE_SALT).subject_id == "user-42"
     # Mail clients: inline CSS, table layout, no remote images, lang and dir, a preheader.
     assert "<style" not in html and 'style="' in html and "<table" in html
     assert "<img" not in html and "url(" not in html
     assert '<html lang="de" dir="ltr">' in html
-    assert re.search(
-        r'<span class="preheader"[^>]*>Was sich am 27. Januar 2027 ändert', html
-    )
+    assert re.search(r'<span class="preheader"[^>]*>Was sich am 27. Januar 2027 ändert', html)
 
 
-def test_it_renders_a_frozen_version_byte_for_byte_after_the_template_changes(
-    purpose, tmp_path
-):
+def test_it_renders_a_frozen_version_byte_for_byte_after_the_template_changes(purpose, tmp_path):
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates" / "notices", templates / "notices")
     engines = [
-        dict(engine, DIRS=[templates])
-        if "jinja2" in engine["BACKEND"].lower()
-        else engine
+        dict(engine, DIRS=[templates]) if "jinja2" in engine["BACKEND"].lower() else engine
         for engine in settings.TEMPLATES
     ]
     with override_settings(TEMPLATES=engines):
@@ -256,9 +228,7 @@ def test_it_renders_a_frozen_version_byte_for_byte_after_the_template_changes(
     with override_settings(TEMPLATES=engines):
         stored = NoticeVersion.objects.get(pk=version.pk)
         after = _person(stored)
-        fresh = notice_versions_freeze(campaign_id=make_campaign(purpose).pk)[
-            LANGUAGES.index("en")
-        ]
+        fresh = notice_versions_freeze(campaign_id=make_campaign(purpose).pk)[LANGUAGES.index("en")]
 
     assert after == before
     assert (after.html.encode(), after.text.encode()) == (
@@ -302,18 +272,9 @@ def test_it_writes_every_section_in_every_language_without_falling_back_to_engli
         notice = _person(version)
         assert f'<html lang="{version.language}" dir="ltr">' in notice.html
         assert notice.html.count('class="button"') == 1, version.language
-        box = re.search(
-            r'<td class="right"[^>]*>(.*?)</td>', notice.html, re.DOTALL
-        ).group(1)
-        assert 'href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"' in box, (
-            version.language
-        )
+        box = re.search(r'<td class="right"[^>]*>(.*?)</td>', notice.html, re.DOTALL).group(1)
+        assert 'href="https://demur.example/de/optout/t/TOKEN/?a=1&amp;b=2"' in box, version.language
         assert "Demur Social" in notice.subject and "Example Social Ltd" in notice.text
-        assert (
-            "dpo@example.com" in notice.text
-            and "https://example.com/privacy" in notice.text
-        )
+        assert "dpo@example.com" in notice.text and "https://example.com/privacy" in notice.text
         if version.language != "en":
-            assert not [
-                words for words in english if words in notice.html + notice.text
-            ], version.language
+            assert not [words for words in english if words in notice.html + notice.text], version.language

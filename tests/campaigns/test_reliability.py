@@ -29,11 +29,12 @@ from config.celery import app as celery_app
 from tests.campaigns.factories import make_campaign
 from tests.campaigns.private_servers import PrivatePostgres, PrivateRedis, postgres_missing, redis_missing
 from tests.campaigns.smtpsink import SmtpSink
+from tests.redis_dbs import own_database
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKER = os.environ.get("DEMUR_TEST_CAMPAIGN_BROKER_URL", "redis://127.0.0.1:6379/10")
+BROKER = own_database("DEMUR_TEST_CAMPAIGN_BROKER_URL", 10)
 LANGUAGES = ["de", "fr", "it", "es", "pl", "nl", "el", "sv", "cs", "pt"]
 COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL", "GR", "SE", "CZ", "PT"]
 QUEUE = f"demur-test-{uuid.uuid4().hex[:12]}"
@@ -331,7 +332,7 @@ from optout.models import Purpose
 from tests.campaigns.factories import make_campaign
 
 LANGUAGES, COUNTRIES = {languages!r}, {countries!r}
-purpose = Purpose.objects.create(slug="ai-training", name="training and improving AI models")
+purpose, _ = Purpose.objects.get_or_create(slug="ai-training", defaults={{"name": "training and improving AI models"}})
 Recipient.objects.bulk_create(
     Recipient(subject_id="s%06d" % i, email="r%06d@example.com" % i, language=LANGUAGES[i % 10], country=COUNTRIES[i % 10])
     for i in range({n})
@@ -354,13 +355,10 @@ def private_postgres():
 
         with psycopg.connect(f"{cluster.url}/postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE demur")
-        schema = subprocess.run(
-            [str(cluster.bin / "pg_dump"), "--schema-only", "--no-owner", _test_database_url()],
-            check=True, capture_output=True,
-        ).stdout  # fmt: skip
+        # Migrated, not copied from the test database: that server may be another version.
         subprocess.run(
-            [str(cluster.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", f"{cluster.url}/demur"],
-            input=schema, check=True, capture_output=True,
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": f"{cluster.url}/demur"}, check=True, capture_output=True,
         )  # fmt: skip
         yield cluster
     finally:

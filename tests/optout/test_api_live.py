@@ -24,7 +24,6 @@ def get_json(url: str, key: str) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @override_settings(DEMUR_API_THROTTLE_RATE="")

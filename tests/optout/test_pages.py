@@ -577,7 +577,7 @@ def test_a_date_reads_the_same_for_every_moment_of_its_second(language):
     # when() formats once per second and language: CLDR's long time shows no fraction.
     from babel.dates import format_datetime
 
-    from optout.countries import babel_locale
+    from core.countries import babel_locale
     from optout.formatting import when
 
     moment = datetime(2026, 3, 1, 9, 30, 15, tzinfo=UTC)

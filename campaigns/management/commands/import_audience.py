@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from campaigns.audience import audience_import
-from optout.management.file_import import run_file_import
+from core.csv_import import run_file_import
 
 
 class Command(BaseCommand):

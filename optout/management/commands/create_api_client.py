@@ -18,9 +18,7 @@ class Command(BaseCommand):
     def handle(self, *args, name: str, scopes: list[str], **options):
         unknown = sorted(set(scopes) - set(ApiScope.values))
         if unknown:
-            raise CommandError(
-                f"Unknown scope(s): {', '.join(unknown)}. Choose from: {', '.join(ApiScope.values)}."
-            )
+            raise CommandError(f"Unknown scope(s): {', '.join(unknown)}. Choose from: {', '.join(ApiScope.values)}.")
         if not 0 < len(name) <= 50:
             raise CommandError("The name must have 1 to 50 characters.")
         client, key = ApiClient.objects.create_key(name=name, scopes=sorted(set(scopes)))

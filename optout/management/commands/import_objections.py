@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
+from core.csv_import import run_file_import
 from optout.imports import objections_import
-from optout.management.file_import import run_file_import
 
 
 class Command(BaseCommand):

@@ -16,8 +16,12 @@ class Command(BaseCommand):
             return
         for problem in report.problems:
             where = f"event #{problem.event_id}" if problem.event_id else "state"
-            self.stderr.write(f"{where} receipt {problem.receipt or '-'} subject {problem.subject_id}: {problem.reason}")
-        label = f"event #{first.event_id} (receipt {first.receipt})" if first.event_id else f"the state of subject {first.subject_id}"
-        raise CommandError(
-            f"Ledger broken: {len(report.problems)} problem(s); the first is {label}: {first.reason}."
+            self.stderr.write(
+                f"{where} receipt {problem.receipt or '-'} subject {problem.subject_id}: {problem.reason}"
+            )
+        label = (
+            f"event #{first.event_id} (receipt {first.receipt})"
+            if first.event_id
+            else f"the state of subject {first.subject_id}"
         )
+        raise CommandError(f"Ledger broken: {len(report.problems)} problem(s); the first is {label}: {first.reason}.")
