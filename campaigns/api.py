@@ -16,7 +16,8 @@ from campaigns.selectors import inapp_notices
 from campaigns.services import INAPP_EVENTS, inapp_event_record
 from core.api import COMMON_ERRORS, ERROR_RESPONSE, BadRequest, PayloadTooLarge, timestamp_or_none
 from core.countries import EU_EEA
-from optout.api import SUBJECT_ID_MAX, ApiView
+from optout.api import ApiView, subject_id_message
+from optout.ledger import SUBJECT_ID_MAX, subject_id_valid
 from optout.models import ApiScope
 
 _NOTICE_FIELDS = {
@@ -54,11 +55,8 @@ class SubjectNoticesView(ApiView):
         },
     )
     def get(self, request, subject_id: str):
-        if len(subject_id) > SUBJECT_ID_MAX or "\x00" in subject_id:
-            raise BadRequest(
-                _("A subject id is a string of 1 to {max} characters.").format(max=SUBJECT_ID_MAX),
-                code="bad_subject_id",
-            )
+        if not subject_id_valid(subject_id):
+            raise BadRequest(subject_id_message(), code="bad_subject_id")
         notices = []
         for item in inapp_notices(subject_id=subject_id):
             delivery, version = item.delivery, item.delivery.notice_version

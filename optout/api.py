@@ -181,7 +181,7 @@ class SubjectOutputSerializer(serializers.Serializer):
     history = HistoryEventSerializer(many=True)
 
 
-def _subject_id_message() -> str:
+def subject_id_message() -> str:
     return _("A subject id is a string of 1 to {max} printable characters.").format(max=SUBJECT_ID_MAX)
 
 
@@ -195,7 +195,7 @@ class SubjectIdField(serializers.CharField):
 
     def to_internal_value(self, data):
         if not subject_id_valid(data):
-            raise serializers.ValidationError(_subject_id_message())
+            raise serializers.ValidationError(subject_id_message())
         return data
 
 
@@ -466,13 +466,13 @@ class SubjectLookupView(ApiView):
     def get(self, request):
         given = request.query_params.getlist("subject_id")
         if len(given) != 1:  # left out, or given twice (which one would a proxy have checked?)
-            raise BadRequest(_subject_id_message(), code="bad_subject_id")
+            raise BadRequest(subject_id_message(), code="bad_subject_id")
         return _subject_answer(request, given[0])
 
 
 def _subject_answer(request, subject_id: str) -> JsonResponse:
     if not subject_id_valid(subject_id):
-        raise BadRequest(_subject_id_message(), code="bad_subject_id")
+        raise BadRequest(subject_id_message(), code="bad_subject_id")
     purpose = _purpose(request.query_params.get("purpose"))
     state = objection_state_get(subject_id=subject_id, purpose=purpose.slug)
     history = objection_history(subject_id=subject_id, purpose=purpose.slug)

@@ -99,3 +99,17 @@ def test_it_shows_nothing_while_the_campaign_is_paused(purpose):
     campaign = _launch(purpose)
     campaign_pause(campaign_id=campaign.pk)
     assert _api("notices:read").get("/api/v1/subjects/u-el/notices").json() == {"notices": []}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("subject_id", ["a%0Ab", "tab%09id", "a" * 129, "zero%E2%80%8Bwidth"])
+def test_a_subject_id_no_one_can_have_is_a_400_naming_the_rule(subject_id):
+    response = _api("notices:read").get(f"/api/v1/subjects/{subject_id}/notices")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_subject_id"
+    assert "printable characters" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_a_subject_id_with_a_slash_reaches_the_notices_view():
+    assert _api("notices:read").get("/api/v1/subjects/team/u-1/notices").json() == {"notices": []}

@@ -393,6 +393,7 @@ def test_it_refuses_a_verification_link_older_than_30_minutes(purpose):
         ({"email": "not-an-address"}, "Enter a valid email address"),
         ({"account_id": "a" * 129}, "at most 128 characters (it has 129)"),
         ({"account_id": "bad\x01id"}, "control characters"),
+        ({"account_id": "zero\u200bwidth"}, "control characters"),  # not printable: no subject id
         ({"reason": "a\x00b"}, "The text cannot contain null characters."),
     ],
 )
