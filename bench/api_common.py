@@ -68,9 +68,9 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
     psql(
         url,
         "INSERT INTO optout_objectionstate (subject_id, objected, source, received_at, effective_at, receipt,"
-        " head_hash, updated_at, last_event_id, purpose_id)"
+        " head_hash, updated_at, last_event_id, purpose_id, seq, feed_key)"
         " SELECT subject_id, true, source, received_at, effective_at, 'B' || lpad(id::text, 15, '0'), hash, now(),"
-        " id, purpose_id"
+        " id, purpose_id, seq, feed_key"
         " FROM optout_objectionevent",
     )
     _add_objectors(url, extra_objectors)
@@ -106,23 +106,29 @@ def _copy_events(url: str, count: int, purpose_id: int) -> None:
         ).fetchone()[0]
         columns = (
             "uuid, subject_id, email, action, source, reason, staff_user, received_at, effective_at,"
-            f" recorded_at, {receipt_column}, prev_hash, hash, purpose_id"
+            f" recorded_at, {receipt_column}, prev_hash, hash, purpose_id, seq, feed_key"
         )
         for start in range(0, count, COPY_BATCH):
-            with (
-                conn.transaction(),
-                conn.cursor() as cur,
-                cur.copy(f"COPY optout_objectionevent ({columns}) FROM STDIN") as copy,
-            ):
-                lines = []
-                for n in range(start, min(start + COPY_BATCH, count)):
-                    at = f"2024-06-{1 + n % 28:02d} {n % 24:02d}:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1000000:06d}+00"
-                    receipt = f"B{n:015d}" if receipt_column == "receipt" else n
-                    lines.append(
-                        f"{uuid.UUID(int=n + 1)}\tu{n:09d}\t\tobjected\t{SOURCES[n % 5]}\t\t\t{at}\t{at}\t{at}"
-                        f"\t{receipt}\t{'0' * 64}\t{n:064x}\t{purpose_id}\n"
-                    )
-                copy.write("".join(lines))
+            with conn.transaction(), conn.cursor() as cur:
+                # Each event is the first of its chain, at its transaction's feed position.
+                (feed_key,) = cur.execute(
+                    "SELECT base + pg_current_xact_id()::text::bigint FROM demur_ledger_epoch()"
+                ).fetchone()
+                copy_events(cur, columns, start, min(start + COPY_BATCH, count), purpose_id, receipt_column, feed_key)
+
+
+def copy_events(cur, columns: str, start: int, stop: int, purpose_id: int, receipt_column: str, feed_key: int) -> None:
+    """Events start..stop-1, one COPY in the caller's transaction."""
+    lines = []
+    for n in range(start, stop):
+        at = f"2024-06-{1 + n % 28:02d} {n % 24:02d}:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1000000:06d}+00"
+        receipt = f"B{n:015d}" if receipt_column == "receipt" else n
+        lines.append(
+            f"{uuid.UUID(int=n + 1)}\tu{n:09d}\t\tobjected\t{SOURCES[n % 5]}\t\t\t{at}\t{at}\t{at}"
+            f"\t{receipt}\t{'0' * 64}\t{n:064x}\t{purpose_id}\t1\t{feed_key}\n"
+        )
+    with cur.copy(f"COPY optout_objectionevent ({columns}) FROM STDIN") as copy:
+        copy.write("".join(lines))
 
 
 def read_key(url: str) -> str:

@@ -43,10 +43,10 @@ from bench._harness import psql, report
 from bench.api_common import database_url, gunicorn, prepare, read_key
 
 FEED_ROWS_SQL = """
-    SELECT e.uuid, e.subject_id, p.slug, e.action, e.received_at, e.effective_at, e.source, e.xid, e.id
+    SELECT e.uuid, e.subject_id, p.slug, e.action, e.received_at, e.effective_at, e.source, e.seq, e.feed_key, e.id
     FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
-    WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-    ORDER BY e.xid, e.id
+    WHERE e.feed_key < (SELECT base + pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM demur_ledger_epoch())
+    ORDER BY e.feed_key, e.id
 """
 
 
@@ -55,8 +55,8 @@ def wait_for_horizon(url: str) -> None:
     while int(
         psql(
             url,
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-            " <= coalesce((SELECT max(xid) FROM optout_objectionevent), 0) AS behind",
+            "SELECT (SELECT base + pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM demur_ledger_epoch())"
+            " <= coalesce((SELECT max(feed_key) FROM optout_objectionevent), 0) AS behind",
         ).strip()
         == "t"
     ):
@@ -116,7 +116,7 @@ def python_cursor(url: str, expected: int) -> None:
         cur.itersize = 10_000
         cur.execute(FEED_ROWS_SQL)
         dumps = json.dumps
-        for uuid, subject_id, slug, action, received_at, effective_at, source, _xid, _id in cur:
+        for uuid, subject_id, slug, action, received_at, effective_at, source, seq, _key, _id in cur:
             dumps(
                 {
                     "id": str(uuid),
@@ -126,6 +126,7 @@ def python_cursor(url: str, expected: int) -> None:
                     "received_at": format_timestamp(received_at),
                     "effective_at": format_timestamp(effective_at),
                     "source": source,
+                    "seq": seq,
                 }
             )
             total += 1

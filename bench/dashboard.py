@@ -28,6 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import bench_database_url, django_env, ensure_database, manage, median_seconds, psql  # noqa: E402
 
+# Every event's feed position: its transaction's, as the ledger's writers give it (one
+# scalar subquery, evaluated once per statement).
+FEED_KEY = "(SELECT base + pg_current_xact_id()::text::bigint FROM demur_ledger_epoch())"
 COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL", "GR", "SE", "CZ", "PT", "IE", "MT", "BG"]
 
 
@@ -97,28 +100,30 @@ def build(url: str, *, recipients: int, inapp: int, objections: int, withdrawals
         url,
         f"""
         INSERT INTO optout_objectionevent (uuid, subject_id, email, purpose_id, action, source, reason, campaign_id,
-            notice_version_id, staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash)
+            notice_version_id, staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash,
+            seq, feed_key)
         SELECT gen_random_uuid(), r.subject_id, '', c.purpose_id, 'objected',
             CASE WHEN r.id % 4 = 0 THEN 'in-app' ELSE 'email-link' END, '', c.id, v.id, '',
             c.launched_at + (r.id % 30) * interval '1 day' + (r.id % 86400) * interval '1 second',
             c.launched_at + (r.id % 30) * interval '1 day' + (r.id % 86400) * interval '1 second'
                 + (r.id % 600) * interval '1 second',
-            now(), r.id % 1000000, repeat('0', 64), encode(sha256(r.subject_id::bytea), 'hex')
+            now(), r.id % 1000000, repeat('0', 64), encode(sha256(r.subject_id::bytea), 'hex'), 1, {FEED_KEY}
         FROM campaigns_recipient r
         JOIN campaigns_campaign c ON c.name = 'bench'
         JOIN campaigns_noticeversion v ON v.campaign_id = c.id AND v.language = r.language
         WHERE r.id % {stride} = 0 AND r.id <= {stride * objections};
         INSERT INTO optout_objectionevent (uuid, subject_id, email, purpose_id, action, source, reason, campaign_id,
-            notice_version_id, staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash)
+            notice_version_id, staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash,
+            seq, feed_key)
         SELECT gen_random_uuid(), e.subject_id, '', e.purpose_id, 'withdrawn', 'web-form', '', NULL,
             NULL, '', e.received_at + interval '2 days', e.received_at + interval '2 days', now(),
-            e.receipt_code, e.hash, encode(sha256(e.hash::bytea), 'hex')
+            e.receipt_code, e.hash, encode(sha256(e.hash::bytea), 'hex'), 2, {FEED_KEY}
         FROM optout_objectionevent e WHERE e.campaign_id IS NOT NULL AND e.id % {objections // withdrawals} = 0;
         INSERT INTO optout_objectionevent (uuid, subject_id, email, purpose_id, action, source, reason,
-            staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash)
+            staff_user, received_at, effective_at, recorded_at, receipt_code, prev_hash, hash, seq, feed_key)
         SELECT gen_random_uuid(), 'old-' || n, '', p.id, 'objected', 'import', '', '',
             now() - interval '400 days', now() - interval '400 days', now(), n % 1000000, repeat('0', 64),
-            encode(sha256(n::text::bytea), 'hex')
+            encode(sha256(n::text::bytea), 'hex'), 1, {FEED_KEY}
         FROM optout_purpose p, generate_series(1, {noise}) n WHERE p.slug = 'ai-training';
         """,
     )

@@ -54,11 +54,16 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from email.message import Message
 
-__all__ = ["CopyDamaged", "DemurUnavailable", "ObjectionMirror", "feed_pages"]
+__all__ = ["CopyDamaged", "DemurUnavailable", "ObjectionMirror", "ResyncRequired", "feed_pages"]
 
-_SCHEMA = """
+# `seen` holds, for each subject the copy has heard of, the place in the subject's history
+# (the events' seq) of the newest event applied: an older one, delivered again, changes
+# nothing. Copies made before it existed get it on open.
+_SEEN = "CREATE TABLE IF NOT EXISTS seen (subject_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+{_SEEN}
 """
 
 
@@ -68,6 +73,12 @@ class DemurUnavailable(Exception):
 
 class CopyDamaged(DemurUnavailable):
     """The local copy failed its check: treat everyone as objecting until it is rebuilt."""
+
+
+class ResyncRequired(DemurUnavailable):
+    """The server's ledger was restored from a backup older than this copy's cursor
+    (HTTP 410): the copy may hold changes the server no longer has. sync() then starts
+    again from a snapshot by itself."""
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -205,6 +216,18 @@ class ObjectionMirror:
 
         Raises DemurUnavailable when the API cannot be used; the copy then goes stale;
         CopyDamaged when the copy fails its check afterwards."""
+        try:
+            applied = self._follow()
+        except ResyncRequired:
+            # Not fresh from here until the snapshot is in: fail closed, then start again.
+            self._set_meta({}, drop=("cursor", "synced_at", "etag", "etag_cursor"))
+            applied = self._follow()
+        self._check_copy()  # before the copy counts as fresh
+        self._set_meta({"synced_at": repr(time.time())})
+        return applied
+
+    def _follow(self) -> int:
+        """The snapshot if the copy has no cursor, then the feed to its end."""
         applied = 0
         if self._meta("cursor") is None:
             applied += self._snapshot()
@@ -214,8 +237,6 @@ class ObjectionMirror:
         for asked, page, page_etag in pages:
             self._apply(page["events"], page["next_cursor"], page_etag, asked)
             applied += len(page["events"])
-        self._check_copy()  # before the copy counts as fresh
-        self._set_meta({"synced_at": repr(time.time())})
         return applied
 
     def _snapshot(self) -> int:
@@ -235,16 +256,17 @@ class ObjectionMirror:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("DELETE FROM objectors")
+            self.db.execute("DELETE FROM seen")
             for line in lines:
                 record = json.loads(line)
                 if "next_cursor" in record:
                     trailer = record
                     break
-                batch.append((record["subject_id"], record["effective_at"]))
+                batch.append((record["subject_id"], record["effective_at"], record.get("seq", 0)))
                 if len(batch) >= 10_000:
-                    self.db.executemany("INSERT OR REPLACE INTO objectors VALUES (?, ?)", batch)
+                    self._insert_objectors(batch)
                     count, batch = count + len(batch), []
-            self.db.executemany("INSERT OR REPLACE INTO objectors VALUES (?, ?)", batch)
+            self._insert_objectors(batch)
             count += len(batch)
             if trailer is None or trailer["count"] != count:
                 raise DemurUnavailable("the snapshot was cut off before its last line")
@@ -255,10 +277,24 @@ class ObjectionMirror:
             raise
         return count
 
+    def _insert_objectors(self, rows: list[tuple]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO objectors VALUES (?, ?)", [row[:2] for row in rows])
+        self.db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", [(row[0], row[2]) for row in rows])
+
     def _apply(self, events: list[dict], next_cursor: str, etag: str | None, cursor: str) -> None:
+        """One page: each event newer than what the copy holds for its subject, and the
+        cursor after the page, in one transaction."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
+                seq = event.get("seq")  # a server before seq: every event applies, in order
+                if seq is not None:
+                    held = self.db.execute(
+                        "SELECT seq FROM seen WHERE subject_id = ?", (event["subject_id"],)
+                    ).fetchone()
+                    if held is not None and held[0] >= seq:
+                        continue
+                    self.db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?)", (event["subject_id"], seq))
                 if event["action"] == "objected":
                     self.db.execute(
                         "INSERT OR REPLACE INTO objectors VALUES (?, ?)", (event["subject_id"], event["effective_at"])
@@ -288,7 +324,8 @@ class ObjectionMirror:
                     continue
                 if exc.code == 304:
                     raise
-                raise DemurUnavailable(f"{request.full_url}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
+                refused = ResyncRequired if exc.code == 410 else DemurUnavailable
+                raise refused(f"{request.full_url}: HTTP {exc.code} {exc.read()[:500]!r}") from exc
         raise AssertionError("unreachable")
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
@@ -301,7 +338,7 @@ class ObjectionMirror:
         except urllib.error.HTTPError as exc:
             if exc.code == 304:
                 return 304, exc.headers, b""
-            raise DemurUnavailable(f"HTTP {exc.code}") from exc
+            raise (ResyncRequired if exc.code == 410 else DemurUnavailable)(f"HTTP {exc.code}") from exc
         except (OSError, ValueError) as exc:
             raise DemurUnavailable(f"{path}: {exc}") from exc
 
@@ -336,7 +373,8 @@ class ObjectionMirror:
             if response.status in (429, 503):  # again, with get()'s waiting and retries
                 return self.get(path, headers)
             if response.status >= 400:
-                raise DemurUnavailable(f"HTTP {response.status}")
+                refused = ResyncRequired if response.status == 410 else DemurUnavailable
+                raise refused(f"{path}: HTTP {response.status} {body[:500]!r}")
             return response.status, response.headers, body
 
         return answer
@@ -368,6 +406,9 @@ class ObjectionMirror:
         if create and not shapes:
             self.db.executescript(_SCHEMA)
             return None
+        if create and "seen" not in shapes and shapes:  # a copy from before `seen`
+            self.db.executescript(_SEEN)
+            shapes = _table_shapes(self.db, _SHAPES)
         for name, columns in _SHAPES.items():
             if name not in shapes:
                 return f"its table {name} is missing"
@@ -404,8 +445,9 @@ class ObjectionMirror:
     def _write_meta(self, values: dict[str, str]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
-    def _set_meta(self, values: dict[str, str]) -> None:
+    def _set_meta(self, values: dict[str, str], *, drop: tuple[str, ...] = ()) -> None:
         self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("DELETE FROM meta WHERE key = ?", [(key,) for key in drop])
         self._write_meta(values)
         self.db.execute("COMMIT")
 

@@ -143,6 +143,13 @@ CELERY_BEAT_SCHEDULE = {
     # stalled dispatch, completes finished campaigns (campaigns/dispatch.py).
     "campaigns-tick": {"task": "campaigns.tick", "schedule": env_int("DEMUR_CAMPAIGN_TICK_SECONDS", 10, minimum=1)},
     "campaigns-retention": {"task": "campaigns.retention", "schedule": 3600},
+    # Records how far the change feed is complete (optout.services.ledger_checkpoint): a
+    # feed cursor read before the last checkpoint survives a restore of a backup taken
+    # after it.
+    "optout-ledger-checkpoint": {
+        "task": "optout.ledger_checkpoint",
+        "schedule": env_int("DEMUR_LEDGER_CHECKPOINT_SECONDS", 60, minimum=5),
+    },
 }
 
 # --- Campaigns -----------------------------------------------------------------------------

@@ -43,6 +43,14 @@ class BadRequest(exceptions.APIException):
     default_code = "bad_request"
 
 
+class ResyncRequired(exceptions.APIException):
+    """The client's copy may hold what this server no longer has: start again (410)."""
+
+    status_code = status.HTTP_410_GONE
+    default_detail = _("Start again from a snapshot.")
+    default_code = "resync_required"
+
+
 class Unprocessable(exceptions.APIException):
     """Well-formed, but not something this request may ask (422)."""
 

@@ -40,6 +40,7 @@ from core.api import (
     COMMON_ERRORS,
     ERROR_RESPONSE,
     BadRequest,
+    ErrorSerializer,
     PayloadTooLarge,
     StrictJSONParser,
     Unprocessable,
@@ -48,6 +49,7 @@ from core.api import (
     refuse_unsized_body,
     timestamp_or_none,
 )
+from core.api import ResyncRequired as ResyncRequiredError
 from optout.authentication import ApiKeyAuthentication
 from optout.ledger import EARLIEST_RECEIVED_AT, SUBJECT_ID_MAX, subject_id_valid
 from optout.models import ApiScope, Purpose, Source
@@ -55,6 +57,7 @@ from optout.permissions import HasScope
 from optout.selectors import (
     BadCursor,
     Cursor,
+    ResyncRequired,
     UnknownPurpose,
     feed_horizon,
     feed_page_json,
@@ -94,6 +97,13 @@ class FeedEventSerializer(serializers.Serializer):
     received_at = serializers.DateTimeField()
     effective_at = serializers.DateTimeField()
     source = serializers.CharField()
+    seq = serializers.IntegerField(
+        min_value=1,
+        help_text=_(
+            "The event's place in its subject's history for the purpose: 1, 2, 3, ... Apply an event "
+            "only if its seq is higher than the one you hold for that subject."
+        ),
+    )
 
 
 class FeedPageSerializer(serializers.Serializer):
@@ -306,6 +316,16 @@ class ChangeFeedView(ApiView):
         responses={
             200: OpenApiResponse(FeedPageSerializer),
             304: OpenApiResponse(description=str(_("Nothing new since this cursor."))),
+            410: OpenApiResponse(
+                ErrorSerializer,
+                description=str(
+                    _(
+                        "resync_required: the ledger was restored from a backup that ends before this "
+                        "cursor. Download the export again and follow the feed from its cursor; until "
+                        "then, use no one's data."
+                    )
+                ),
+            ),
             **COMMON_ERRORS,
         },
     )
@@ -331,6 +351,16 @@ class ChangeFeedView(ApiView):
             page = feed_page_json(cursor=cursor, limit=limit, purpose=slug)
         except UnknownPurpose:
             raise _unknown_purpose(slug) from None
+        except BadCursor as refused:
+            raise BadRequest(str(refused), code="bad_cursor") from None
+        except ResyncRequired:
+            raise ResyncRequiredError(
+                _(
+                    "This ledger was restored from a backup that ends before this cursor, so your copy may "
+                    "hold changes this server no longer has. Download the export again and follow the "
+                    "change feed from its cursor."
+                )
+            ) from None
         next_cursor = page.next_cursor.encode()
         has_more = "true" if page.has_more else "false"
         # Below the horizon the feed never changes, so (request, next cursor) fixes the body.

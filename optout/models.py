@@ -56,10 +56,14 @@ class ObjectionEvent(models.Model):
     """One objection or withdrawal. Rows are never updated or deleted: on PostgreSQL a
     trigger rejects UPDATE, DELETE and TRUNCATE (migration 0002).
 
-    `xid` is the writing transaction's id: on PostgreSQL the column's default, and a
-    trigger corrects any row that arrives with another value (migration 0008); the change
-    feed reads only below the oldest running transaction and pages on (xid, id), so an
-    event that commits late is never skipped (optout.selectors.feed_page).
+    `xid` is the writing transaction's id: the column's default, and a trigger corrects
+    any row that arrives with another value (migration 0008). `feed_key` is the event's
+    position in the change feed: the epoch's base plus `xid`, raised to the previous
+    event of its chain if that is higher (optout/sql/demur_ledger_epoch.sql). The feed
+    reads only below the oldest running transaction and pages on (feed_key, id), so an
+    event that commits late is never skipped, and one person's events come in the order
+    of their chain, whatever order their transactions took their ids in
+    (optout.selectors.feed_page). `seq` is the event's place in its chain: 1, 2, 3, ...
 
     Events chain per (subject, purpose): `prev_hash` is the hash of that subject's
     previous event for the purpose, so appends for different people never wait on each
@@ -106,13 +110,15 @@ class ObjectionEvent(models.Model):
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, null=True, blank=True)  # noqa: DJ001
     prev_hash = models.CharField(_("previous hash"), max_length=64)
     hash = models.CharField(_("hash"), max_length=64)
+    seq = models.PositiveIntegerField(_("place in the chain"), editable=False)
+    feed_key = models.BigIntegerField(_("feed position"), editable=False)
 
     class Meta:
         verbose_name = _("objection event")
         verbose_name_plural = _("objection events")
         indexes = [
-            # optout.selectors.feed_page: WHERE (xid, id) > cursor ORDER BY xid, id
-            models.Index(fields=["xid", "id"], name="optout_event_feed"),
+            # optout.selectors.feed_page: WHERE (feed_key, id) > cursor ORDER BY feed_key, id
+            models.Index(fields=["feed_key", "id"], name="optout_event_feed"),
             # one subject's history, and the hash chain walk in verify_ledger
             models.Index(fields=["subject_id", "purpose", "id"], name="optout_event_subject"),
         ]
@@ -162,6 +168,9 @@ class ObjectionState(models.Model):
         verbose_name=_("last event"),
     )
     head_hash = models.CharField(_("head hash"), max_length=64, blank=True)
+    # The last event's seq and feed_key, which the next event of the chain continues from.
+    seq = models.PositiveIntegerField(_("events in the chain"), db_default=0, editable=False)
+    feed_key = models.BigIntegerField(_("feed position of the last event"), db_default=0, editable=False)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
@@ -181,6 +190,35 @@ class ObjectionState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject_id} ({self.purpose_id}): {'objected' if self.objected else 'not objected'}"
+
+
+class LedgerEpoch(models.Model):
+    """A stretch of the ledger written in one place: one PostgreSQL cluster, timeline and
+    database. The change feed's positions are `base` plus a transaction id, and
+    transaction ids are only comparable within one such place; demur_ledger_epoch()
+    (optout/sql/) starts a new epoch when the ledger finds itself somewhere else, after a
+    restore, a failover or a move, with a base that puts what follows above all it holds.
+
+    `ledger` is the same in every epoch of one ledger (a cursor from another ledger is
+    refused); `complete_below` is a feed position below which every event of the epoch
+    is known to be in this database, advanced by a periodic task. A cursor of an earlier
+    epoch continues if it is below that, and is told to resynchronise otherwise."""
+
+    ledger = models.CharField(_("ledger"), max_length=32, editable=False)
+    epoch = models.CharField(_("epoch"), max_length=32, unique=True, editable=False)
+    system_identifier = models.BigIntegerField(_("cluster system identifier"), editable=False)
+    timeline = models.BigIntegerField(_("timeline"), editable=False)
+    database_oid = models.BigIntegerField(_("database OID"), editable=False)
+    base = models.BigIntegerField(_("base"), editable=False)
+    complete_below = models.BigIntegerField(_("complete below"), editable=False)
+    started_at = models.DateTimeField(_("started at"), editable=False)
+
+    class Meta:
+        verbose_name = _("ledger epoch")
+        verbose_name_plural = _("ledger epochs")
+
+    def __str__(self) -> str:
+        return self.epoch
 
 
 class ApiScope(models.TextChoices):

@@ -17,27 +17,42 @@ from optout.models import ObjectionEvent, ObjectionState
 
 
 class BadCursor(ValueError):
-    pass
+    """A cursor this feed cannot continue from; the message says why (400 bad_cursor)."""
+
+
+class ResyncRequired(Exception):
+    """A cursor of an earlier epoch beyond what this database holds of it (410): the
+    client may hold events the ledger here lost, so it must start again from a snapshot."""
 
 
 @dataclass(frozen=True, order=True)
 class Cursor:
-    """A position in the change feed: (writing transaction id, event id), and the purpose
-    whose feed it was read from.
+    """A position in the change feed: (feed_key, event id), the ledger and epoch it was
+    issued in, and the purpose whose feed it was read from.
 
-    A page of one purpose's feed ends at that purpose's last event; events of other
-    purposes before it were not on the page, so its cursor would skip them in another
-    feed. Such a cursor carries the purpose (`scope`) and is refused elsewhere. A cursor
-    of the whole feed, or a horizon (the check's and the export's), has no scope and is
-    good for any feed. Opaque to clients: they get `encode()`'s text back and hand it in
-    unchanged; the version 1 text of earlier releases (no scope) still reads."""
+    Positions are comparable across the epochs of one ledger (optout.models.LedgerEpoch):
+    each epoch starts above everything before it. A page of one purpose's feed ends at
+    that purpose's last event; events of other purposes before it were not on the page,
+    so its cursor would skip them in another feed. Such a cursor carries the purpose
+    (`scope`) and is refused elsewhere. A cursor of the whole feed, or a horizon (the
+    check's and the export's), has no scope and is good for any feed. Opaque to clients:
+    they get `encode()`'s text back and hand it in unchanged. The texts of earlier
+    releases (version 1, and version 2 with a scope) still read, as cursors of the
+    ledger's first epoch, whose positions were transaction ids."""
 
-    xid: int = 0
+    key: int = 0
     id: int = 0
     scope: str = ""
+    ledger: str = ""
+    epoch: str = ""
 
     def encode(self) -> str:
-        raw = f"2.{self.scope}.{self.xid}.{self.id}" if self.scope else f"1.{self.xid}.{self.id}"
+        if self.ledger:
+            raw = f"3.{self.ledger}.{self.epoch}.{self.scope}.{self.key}.{self.id}"
+        elif self.scope:
+            raw = f"2.{self.scope}.{self.key}.{self.id}"
+        else:
+            raw = f"1.{self.key}.{self.id}"
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
@@ -52,7 +67,17 @@ class Cursor:
         match = _CURSOR_TEXT.fullmatch(raw)
         if match is None:
             raise BadCursor(text)
-        return cls(int(match["xid"]), int(match["id"]), match["scope"] or "")
+        return cls(
+            int(match["key"]),
+            int(match["id"]),
+            match["scope"] or match["scope3"] or "",
+            match["ledger"] or "",
+            match["epoch"] or "",
+        )
+
+    @property
+    def is_start(self) -> bool:
+        return not (self.key or self.id)
 
     def allows(self, purpose: str | None) -> bool:
         """Whether the feed of `purpose` (None: every purpose) may continue from here."""
@@ -61,7 +86,68 @@ class Cursor:
 
 # Canonical text only (no signs, spaces or underscores that int() would take), with
 # numbers that fit PostgreSQL's bigint.
-_CURSOR_TEXT = re.compile(r"(?:1|2\.(?P<scope>[-a-zA-Z0-9_]{1,64}))\.(?P<xid>\d{1,18})\.(?P<id>\d{1,18})")
+_CURSOR_TEXT = re.compile(
+    r"(?:1|2\.(?P<scope>[-a-zA-Z0-9_]{1,64})"
+    r"|3\.(?P<ledger>[0-9a-f]{32})\.(?P<epoch>[0-9a-f]{32})\.(?P<scope3>[-a-zA-Z0-9_]{0,64}))"
+    r"\.(?P<key>\d{1,18})\.(?P<id>\d{1,18})"
+)
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    """Where the feed stands for one statement: its ledger and epoch, and the horizon
+    (the epoch's base plus the statement's oldest running transaction) below which
+    every event has committed."""
+
+    ledger: str
+    epoch: str
+    horizon: int
+
+    def cursor(self, key: int, event_id: int, scope: str = "") -> Cursor:
+        return Cursor(key, event_id, scope, self.ledger, self.epoch)
+
+
+# The position in a statement's own snapshot: demur_ledger_epoch() (optout/sql/) runs
+# first, in a CTE, and starts a new epoch if the ledger finds itself somewhere new.
+_POSITION_CTE = """
+    position AS MATERIALIZED (
+        SELECT ledger, epoch, base + pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon
+        FROM demur_ledger_epoch()
+    )
+"""
+
+
+def cursor_continue(cursor: Cursor, position: FeedPosition) -> Cursor:
+    """`cursor` as a position in the current epoch, after checking that the feed can
+    continue from it: BadCursor for a cursor of another ledger or one ahead of the feed
+    (which Demur never issued), ResyncRequired for one of an earlier epoch beyond what
+    this database holds of it."""
+    from django.utils.translation import gettext as _
+
+    from optout.models import LedgerEpoch
+
+    if cursor.is_start:
+        return cursor
+    if cursor.ledger and cursor.ledger != position.ledger:
+        raise BadCursor(_("This cursor comes from another ledger than this one; use a next_cursor from this API."))
+    if cursor.epoch == position.epoch:
+        complete_below = position.horizon
+    else:
+        epochs = LedgerEpoch.objects.order_by("id")
+        epoch = epochs.filter(epoch=cursor.epoch).first() if cursor.epoch else epochs.first()
+        if epoch is None:
+            raise ResyncRequired(cursor.epoch)
+        if epoch.epoch == position.epoch:  # a cursor of an earlier release, in the first epoch
+            complete_below = position.horizon
+        elif (cursor.key, cursor.id) > (epoch.complete_below, 0):
+            raise ResyncRequired(cursor.epoch)
+        else:
+            complete_below = epoch.complete_below
+    if (cursor.key, cursor.id) > (complete_below, 0):
+        raise BadCursor(
+            _("This cursor is ahead of the change feed: Demur never issued it. Use a next_cursor from this API.")
+        )
+    return Cursor(cursor.key, cursor.id, cursor.scope, position.ledger, position.epoch)
 
 
 @dataclass(frozen=True)
@@ -73,6 +159,7 @@ class FeedRow:
     received_at: datetime
     effective_at: datetime
     source: str
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -82,46 +169,46 @@ class FeedPage:
     has_more: bool
 
 
-_FEED_COLUMNS = """
-    e.uuid, e.subject_id, p.slug, e.action, e.received_at, e.effective_at, e.source, e.xid, e.id
-    FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
-"""
-
 # PostgreSQL hands out sequence numbers at INSERT but rows become visible at COMMIT, so
 # "id > cursor" would skip an event whose transaction commits after a later one. Instead
-# read only events written by transactions older than every transaction still running
-# (the snapshot's xmin): that set can no longer grow below the horizon, and paging on
-# (xid, id) walks it in a fixed order.
-_FEED_SQL = f"""
-    SELECT {_FEED_COLUMNS}
-    WHERE (e.xid, e.id) > (%s, %s)
-      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-      {{purpose_filter}}
-    ORDER BY e.xid, e.id
+# read only events below the horizon: every event's feed_key is at least the epoch's base
+# plus its writer's transaction id, so below base + the snapshot's xmin (the oldest
+# transaction still running) the set can no longer grow, and paging on (feed_key, id)
+# walks it in a fixed order. A chain's events rise in both (optout/sql/
+# demur_objection_append.sql), so each person's events come in the order of their chain.
+_FEED_SQL = """
+    SELECT e.uuid, e.subject_id, p.slug, e.action, e.received_at, e.effective_at, e.source, e.seq,
+           e.feed_key, e.id
+    FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
+    WHERE (e.feed_key, e.id) > (%s, %s) AND e.feed_key < %s {purpose_filter}
+    ORDER BY e.feed_key, e.id
     LIMIT %s
 """
 
 
+def feed_position() -> FeedPosition:
+    """Where the feed stands now. Its horizon stays good for any later statement: what
+    had committed below it then is still there."""
+    with connection.cursor() as db:
+        db.execute(f"WITH {_POSITION_CTE} SELECT ledger, epoch, horizon FROM position")
+        return FeedPosition(*db.fetchone())
+
+
 def feed_page(*, cursor: Cursor, limit: int, purpose: str | None = None) -> FeedPage:
     """Events after `cursor`, oldest first, never skipping one that commits late.
-    BadCursor for a cursor read from another purpose's feed."""
+    BadCursor for a cursor read from another purpose's feed, or one cursor_continue()
+    refuses; ResyncRequired as cursor_continue() says."""
     if not cursor.allows(purpose):
         raise BadCursor(cursor.encode())
+    position = feed_position()
+    cursor = cursor_continue(cursor, position)
     purpose_filter = "AND p.slug = %s" if purpose else ""
-    sql = _FEED_SQL.format(purpose_filter=purpose_filter)
-    params: list[object] = [cursor.xid, cursor.id]
-    if purpose:
-        params.append(purpose)
-    params.append(limit)
+    params: list[object] = [cursor.key, cursor.id, position.horizon, *([purpose] if purpose else []), limit]
     with connection.cursor() as db:
-        db.execute(sql, params)
+        db.execute(_FEED_SQL.format(purpose_filter=purpose_filter), params)
         raw = db.fetchall()
-    rows = [FeedRow(*row[:7]) for row in raw]
-    if raw:
-        last = raw[-1]
-        next_cursor = Cursor(last[7] or 0, last[8], purpose or "")
-    else:
-        next_cursor = cursor
+    rows = [FeedRow(*row[:8]) for row in raw]
+    next_cursor = position.cursor(raw[-1][8], raw[-1][9], purpose or "") if raw else cursor
     return FeedPage(rows=rows, next_cursor=next_cursor, has_more=len(raw) == limit)
 
 
@@ -131,10 +218,8 @@ def feed_horizon() -> Cursor:
     Every transaction below the horizon had committed when it was taken, so a state read
     afterwards already reflects those events; events at or past the horizon may be read
     again by a client that continues from here, which is harmless, but none is missed."""
-    with connection.cursor() as db:
-        db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        (xmin,) = db.fetchone()
-    return Cursor(xmin, 0)
+    position = feed_position()
+    return position.cursor(position.horizon, 0)
 
 
 def objection_state_get(*, subject_id: str, purpose: str) -> ObjectionState | None:
@@ -177,6 +262,7 @@ def ledger_verify(*, chunk_size: int = 10_000) -> LedgerReport:
     events = chains = 0
     chain_key = None
     prev_hash = GENESIS_HASH
+    place = prev_key = 0
     rows = (
         ObjectionEvent.objects.order_by("subject_id", "purpose_id", "id")
         .values_list(
@@ -199,6 +285,8 @@ def ledger_verify(*, chunk_size: int = 10_000) -> LedgerReport:
             "idempotency_key",
             "prev_hash",
             "hash",
+            "seq",
+            "feed_key",
         )
         .iterator(chunk_size=chunk_size)
     )
@@ -222,11 +310,14 @@ def ledger_verify(*, chunk_size: int = 10_000) -> LedgerReport:
         idempotency_key,
         stored_prev,
         stored_hash,
+        seq,
+        feed_key,
     ) in rows:
         events += 1
         if (subject_id, purpose_id) != chain_key:
             chain_key = (subject_id, purpose_id)
             prev_hash = GENESIS_HASH
+            place = prev_key = 0
             chains += 1
         if stored_prev != prev_hash:
             problems.append(
@@ -258,6 +349,26 @@ def ledger_verify(*, chunk_size: int = 10_000) -> LedgerReport:
                     event_id, format_receipt(event_id, receipt_code), subject_id, "content does not match its hash"
                 )
             )
+        place += 1
+        if seq != place:
+            problems.append(
+                LedgerProblem(
+                    event_id,
+                    format_receipt(event_id, receipt_code),
+                    subject_id,
+                    f"place in the chain is {seq}, but the event is number {place} of its chain",
+                )
+            )
+        if feed_key < prev_key:
+            problems.append(
+                LedgerProblem(
+                    event_id,
+                    format_receipt(event_id, receipt_code),
+                    subject_id,
+                    "feed position is below the previous event's: the feed would deliver the chain out of order",
+                )
+            )
+        prev_key = feed_key
         prev_hash = stored_hash
 
     problems.extend(_state_problems())
@@ -293,6 +404,8 @@ def _state_problems() -> list[LedgerProblem]:
             reason = "current state's head hash differs from its last event"
         elif state.objected != (event.action == "objected"):
             reason = "current state disagrees with its last event"
+        elif (state.seq, state.feed_key) != (event.seq, event.feed_key):
+            reason = "current state's chain position differs from its last event"
         else:
             continue
         problems.append(LedgerProblem(None, state.receipt, state.subject_id, reason))
@@ -333,24 +446,26 @@ def _json_cursor() -> psycopg.Cursor:
 # received_at is formatted once and reused for effective_at when they are equal, as they
 # are unless a caller set effective_at (optout.services: effective_at or received_at).
 _FEED_JSON = f"""
+    WITH {_POSITION_CTE}
     SELECT string_agg(
                '{{{{"id":"' || e.uuid || '","subject_id":' || to_json(e.subject_id)
                || ',"purpose":' || e.purpose || ',"action":"' || e.action
                || '","received_at":"' || e.received || '","effective_at":"'
                || CASE WHEN e.effective_at = e.received_at THEN e.received
                        ELSE {_TS.format(col="e.effective_at")} END
-               || '","source":"' || e.source || '"}}}}',
+               || '","source":"' || e.source || '","seq":' || e.seq || '}}}}',
                ','),
-           count(*), max(ARRAY[e.xid, e.id]),
-           {{purpose_known}}
+           count(*), max(ARRAY[e.feed_key, e.id]),
+           {{purpose_known}},
+           (SELECT ledger FROM position), (SELECT epoch FROM position), (SELECT horizon FROM position)
     FROM (
         SELECT e.uuid, e.subject_id, to_json(p.slug)::text AS purpose, e.action, e.received_at,
-               e.effective_at, e.source, e.xid, e.id, {_TS.format(col="e.received_at")} AS received
+               e.effective_at, e.source, e.seq, e.feed_key, e.id, {_TS.format(col="e.received_at")} AS received
         FROM optout_objectionevent e JOIN optout_purpose p ON p.id = e.purpose_id
-        WHERE (e.xid, e.id) > (%(xid)s, %(id)s)
-          AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+        WHERE (e.feed_key, e.id) > (%(key)s, %(id)s)
+          AND e.feed_key < (SELECT horizon FROM position)
           {{purpose_filter}}
-        ORDER BY e.xid, e.id
+        ORDER BY e.feed_key, e.id
         LIMIT %(limit)s
     ) e
 """
@@ -378,18 +493,22 @@ def feed_page_json(*, cursor: Cursor, limit: int, purpose: str | None = None) ->
 
     Same rows, same order and the same never-skip horizon as feed_page(). Raises
     UnknownPurpose for a purpose that does not exist (checked in the same statement),
-    BadCursor for a cursor read from another purpose's feed."""
+    BadCursor and ResyncRequired as feed_page(). The page is read in the same statement
+    as the position the cursor is then checked against; a page from a refused cursor is
+    dropped unread."""
     if not cursor.allows(purpose):
         raise BadCursor(cursor.encode())
-    params = {"xid": cursor.xid, "id": cursor.id, "limit": limit, "purpose": purpose}
+    params = {"key": cursor.key, "id": cursor.id, "limit": limit, "purpose": purpose}
     with _json_cursor() as db:
         db.execute(_FEED_JSON_ONE if purpose else _FEED_JSON_ALL, params, prepare=False)
-        events, count, last, known = db.fetchone()
+        events, count, last, known, ledger, epoch, horizon = db.fetchone()
     if not known:
         raise UnknownPurpose(purpose)
+    position = FeedPosition(ledger.decode(), epoch.decode(), horizon)
+    cursor = cursor_continue(cursor, position)
     if not count:
         return FeedJsonPage(b"[]", 0, cursor, False)
-    return FeedJsonPage(b"[" + events + b"]", count, Cursor(last[0] or 0, last[1], purpose or ""), count == limit)
+    return FeedJsonPage(b"[" + events + b"]", count, position.cursor(last[0], last[1], purpose or ""), count == limit)
 
 
 @dataclass(frozen=True)
@@ -398,8 +517,8 @@ class CheckAnswer:
     results_json: bytes  # a JSON array: {"subject_id", "objected", "effective_at"} per id, in input order
 
 
-# One statement, so one snapshot: every event written below its horizon (the snapshot's
-# xmin) had committed before the snapshot was taken, so the state read in the same
+# One statement, so one snapshot: every event written below its horizon (the epoch's base
+# plus the snapshot's xmin) had committed before the snapshot was taken, so the state read in the same
 # snapshot reflects it (see feed_horizon). The ids travel as one JSON text parameter
 # (json.dumps is C; psycopg would quote a text[] id by id in Python) and become an array
 # once. The objectors among them come from one `= ANY(array)` index scan, which visits the
@@ -407,7 +526,8 @@ class CheckAnswer:
 # The array's size is unknown to the planner, so it keeps the index scan (with 10,000
 # literal ids it would expect 10,000 matches and may scan the table).
 _CHECK_SQL = f"""
-    WITH input AS MATERIALIZED (
+    WITH {_POSITION_CTE},
+    input AS MATERIALIZED (
         SELECT ARRAY(SELECT json_array_elements_text(%(ids)s::json)) AS ids
     ),
     objecting AS MATERIALIZED (
@@ -416,7 +536,7 @@ _CHECK_SQL = f"""
         WHERE s.purpose_id = (SELECT id FROM optout_purpose WHERE slug = %(purpose)s)
           AND s.objected AND s.subject_id = ANY(input.ids)
     )
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+    SELECT (SELECT ledger FROM position), (SELECT epoch FROM position), (SELECT horizon FROM position),
            EXISTS (SELECT FROM optout_purpose WHERE slug = %(purpose)s),
            (SELECT coalesce(string_agg(
                        '{{"subject_id":' || to_json(q.subject_id) || CASE
@@ -436,15 +556,16 @@ def objection_check(*, purpose: str, subject_ids: list[str]) -> CheckAnswer | No
 
     with _json_cursor() as db:
         db.execute(_CHECK_SQL, {"ids": json.dumps(subject_ids), "purpose": purpose}, prepare=False)
-        xmin, known, results = db.fetchone()
-    return CheckAnswer(Cursor(xmin, 0), b"[" + results + b"]") if known else None
+        ledger, epoch, horizon, known, results = db.fetchone()
+    position = FeedPosition(ledger.decode(), epoch.decode(), horizon)
+    return CheckAnswer(position.cursor(horizon, 0), b"[" + results + b"]") if known else None
 
 
 _OBJECTOR_LINES = f"""
     SELECT '{{"subject_id":' || to_json(subject_id) || ',"purpose":' || to_json(%s::text)
            || ',"received_at":' || coalesce('"' || {_TS.format(col="received_at")} || '"', 'null')
            || ',"effective_at":' || coalesce('"' || {_TS.format(col="effective_at")} || '"', 'null')
-           || ',"source":' || to_json(source) || '}}'
+           || ',"source":' || to_json(source) || ',"seq":' || seq || '}}'
     FROM optout_objectionstate
     WHERE purpose_id = %s AND objected
     ORDER BY subject_id

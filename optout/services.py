@@ -337,9 +337,13 @@ STAGING_DDL = (
 # inlining needs for an argument the function reads twice. The uuid7 is assembled from
 # two integers: Unix milliseconds with a 12-bit counter (so one import's ids rise
 # strictly), then the variant and 62 random bits. subject_id sorts under "C", which orders
-# exactly as the database's C.UTF-8 and compares far faster.
+# exactly as the database's C.UTF-8 and compares far faster. Each event continues its
+# chain's numbering (seq) and takes this transaction's feed position, or its
+# predecessor's if that is higher (demur_ledger_epoch.sql).
 STAGED_APPEND_SQL = """
-WITH candidates AS (
+WITH position AS MATERIALIZED (
+    SELECT base + pg_current_xact_id()::text::bigint AS feed_key FROM demur_ledger_epoch()
+), candidates AS (
     SELECT DISTINCT ON (s.subject_id COLLATE "C", p.id)
            s.subject_id, p.id AS purpose_id, p.slug AS purpose,
            s.received_at::timestamptz AS received_at, s.source, s.email
@@ -347,6 +351,7 @@ WITH candidates AS (
     ORDER BY s.subject_id COLLATE "C", p.id, s.received_at::timestamptz, s.ctid
 ), eligible AS (
     SELECT c.*, s.id AS state_id, coalesce(nullif(s.head_hash, ''), %(genesis)s) AS prev_hash,
+           coalesce(s.seq, 0) + 1 AS seq, greatest((SELECT feed_key FROM position), s.feed_key) AS feed_key,
            nextval('optout_objectionevent_id_seq') AS id, row_number() OVER () AS rn,
            floor(random() * 2147483648)::bigint << 31 | floor(random() * 2147483648)::bigint AS random62,
            floor(random() * 16777216)::integer AS receipt_code
@@ -360,6 +365,7 @@ WITH candidates AS (
       )
 ), events AS (
     SELECT e.subject_id, e.purpose_id, e.received_at, e.source, e.email, e.state_id, e.prev_hash, e.id,
+           e.seq, e.feed_key,
            e.receipt_code, e.uuid, demur_receipt(e.id, e.receipt_code) AS receipt,
            demur_event_hash(
                e.prev_hash, e.uuid, e.subject_id, e.purpose, 'objected', e.source, e.received_at, e.received_at,
@@ -374,26 +380,26 @@ WITH candidates AS (
 ), inserted AS (
     INSERT INTO optout_objectionevent (
         id, uuid, xid, subject_id, email, purpose_id, action, source, reason, staff_user,
-        received_at, effective_at, recorded_at, receipt_code, prev_hash, hash
+        received_at, effective_at, recorded_at, receipt_code, prev_hash, hash, seq, feed_key
     )
     SELECT id, uuid, (SELECT pg_current_xact_id()::text::bigint), subject_id, email, purpose_id, 'objected',
-           source, '', '', received_at, received_at, %(now)s, receipt_code, prev_hash, hash
+           source, '', '', received_at, received_at, %(now)s, receipt_code, prev_hash, hash, seq, feed_key
     FROM events
     RETURNING 1
 ), updated AS (
     UPDATE optout_objectionstate s SET
         objected = true, source = e.source, received_at = e.received_at,
         effective_at = e.received_at, receipt = e.receipt, last_event_id = e.id,
-        head_hash = e.hash, updated_at = %(now)s
+        head_hash = e.hash, seq = e.seq, feed_key = e.feed_key, updated_at = %(now)s
     FROM events e
     WHERE e.state_id IS NOT NULL AND s.id = e.state_id
     RETURNING 1
 ), created AS (
     INSERT INTO optout_objectionstate (
         subject_id, purpose_id, objected, source, received_at, effective_at, receipt,
-        last_event_id, head_hash, updated_at
+        last_event_id, head_hash, seq, feed_key, updated_at
     )
-    SELECT subject_id, purpose_id, true, source, received_at, received_at, receipt, id, hash, %(now)s
+    SELECT subject_id, purpose_id, true, source, received_at, received_at, receipt, id, hash, seq, feed_key, %(now)s
     FROM events
     WHERE state_id IS NULL
     RETURNING 1
@@ -449,6 +455,29 @@ def objections_append_staged(*, cursor: psycopg.Cursor, now: datetime) -> Staged
     if states != inserted:
         return None
     return StagedAppend(candidates=candidates, appended=inserted)
+
+
+# The current epoch's horizon, in one statement's snapshot (optout.selectors).
+_CHECKPOINT_SQL = """
+WITH position AS MATERIALIZED (
+    SELECT epoch, base + pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon FROM demur_ledger_epoch()
+)
+UPDATE optout_ledgerepoch l SET complete_below = greatest(l.complete_below, position.horizon)
+FROM position WHERE l.epoch = position.epoch
+RETURNING l.complete_below
+"""
+
+
+def ledger_checkpoint() -> int:
+    """Record that every event of the current epoch below its horizon is in this
+    database, and return that position. A backup taken afterwards holds the record: a
+    client whose cursor is below it continues after a restore of that backup, one
+    beyond it is told to resynchronise (optout.selectors.cursor_continue). Beat runs it
+    every DEMUR_LEDGER_CHECKPOINT_SECONDS."""
+    with connection.cursor() as db:
+        db.execute(_CHECKPOINT_SQL)
+        (complete_below,) = db.fetchone()
+    return complete_below
 
 
 def audit_record(*, user, action: str, target: str = "", details: dict | None = None) -> None:

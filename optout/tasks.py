@@ -1,4 +1,5 @@
-"""Celery tasks of the opt-out pages: send outbox mail; sweep the outbox. optout.outbox
+"""Celery tasks of the opt-out pages: send outbox mail; sweep the outbox; checkpoint the
+ledger's feed. optout.outbox
 publishes by task name (SEND_MANY_TASK), so it needs nothing from here."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from optout.outbox import SEND_MANY_TASK, outbox_send, outbox_send_many, outbox_sweep
+from optout.services import ledger_checkpoint
 
 
 @shared_task(name="optout.outbox_send", ignore_result=True)
@@ -24,3 +26,8 @@ def outbox_send_many_task(items: list[list]) -> int:
 @shared_task(name="optout.outbox_sweep", ignore_result=True)
 def outbox_sweep_task() -> int:
     return len(outbox_sweep())
+
+
+@shared_task(name="optout.ledger_checkpoint", ignore_result=True)
+def ledger_checkpoint_task() -> int:
+    return ledger_checkpoint()

@@ -41,29 +41,42 @@ def binaries_for(major: int) -> Path:
     )
 
 
-def main(source_url: str, dump: Path) -> int:
+def restore_fresh(source_url: str, dump: Path, root: Path) -> tuple[Cluster, str, int]:
+    """Dump `source_url` to `dump`, make a new cluster under `root` with initdb, restore
+    the dump there: the running cluster (stop it when done), the restored database's
+    URL and the PostgreSQL major version."""
     with psycopg.connect(source_url) as conn:
         major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
     bin_dir = binaries_for(major)
     subprocess.run(
         [str(bin_dir / "pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", source_url], check=True
     )
-
-    root = Path(tempfile.mkdtemp(prefix="demur-restore-"))
     cluster = Cluster(root / "data", bin_dir=bin_dir, settings={"fsync": "off"})
+    cluster.init("--no-sync")
+    cluster.start()
     try:
-        cluster.init("--no-sync")
-        cluster.start()
         cluster.create_database("demur")
         target = f"postgres://postgres@/demur?host={quote(str(cluster.sockets))}"
         subprocess.run(
             [str(bin_dir / "pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={target}", str(dump)], check=True
         )
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster, target, major
+
+
+def main(source_url: str, dump: Path) -> int:
+    root = Path(tempfile.mkdtemp(prefix="demur-restore-"))
+    cluster = None
+    try:
+        cluster, target, major = restore_fresh(source_url, dump, root)
         print(f"Restored {dump} into a fresh PostgreSQL {major} cluster ({cluster.data}).", flush=True)
         env = {**os.environ, "DATABASE_URL": target, "DEBUG": os.environ.get("DEBUG", "true")}
         return subprocess.run([sys.executable, "manage.py", "verify_ledger"], cwd=ROOT, env=env, check=False).returncode
     finally:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

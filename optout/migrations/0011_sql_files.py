@@ -5,7 +5,16 @@ statement and nothing else called it."""
 
 from django.db import migrations
 
-from optout.sql import FUNCTIONS, function_sql
+from optout.sql import function_sql
+
+# The functions there were when this migration was written (optout/0012 adds one).
+FUNCTIONS = (
+    "demur_ledger_reject_change",
+    "demur_ledger_stamp_xid",
+    "demur_event_hash",
+    "demur_receipt",
+    "demur_objection_append",
+)
 
 # Only to undo the DROP: the function as migration optout/0002 created it.
 UUID7_AT = """

@@ -9,12 +9,14 @@ from pathlib import Path
 
 DIRECTORY = Path(__file__).resolve().parent
 
-# In load order: demur_objection_append calls demur_event_hash and demur_receipt.
+# In load order: demur_objection_append calls demur_event_hash, demur_receipt and
+# demur_ledger_epoch (whose table migration optout/0012 creates).
 FUNCTIONS = (
     "demur_ledger_reject_change",
     "demur_ledger_stamp_xid",
     "demur_event_hash",
     "demur_receipt",
+    "demur_ledger_epoch",
     "demur_objection_append",
 )
 

@@ -25,6 +25,8 @@ DECLARE
     v_event_id bigint;
     v_prev text := repeat('0', 64);
     v_hash text;
+    v_seq integer := 1;
+    v_key bigint;
 BEGIN
     SELECT id INTO v_purpose_id FROM optout_purpose WHERE slug = p_purpose;
     IF v_purpose_id IS NULL THEN
@@ -65,7 +67,9 @@ BEGIN
     IF p_action = 'objected' THEN
         -- Someone new: the state row goes in as it will stay (last_event_id names the
         -- event inserted below; verify_ledger checks every state's pointer), and holds
-        -- back anyone else objecting for them until this commits.
+        -- back anyone else objecting for them until this commits. The first of a chain
+        -- takes its feed position from this transaction (demur_ledger_epoch).
+        v_key := (SELECT e.base FROM demur_ledger_epoch() e) + pg_current_xact_id()::text::bigint;
         v_event_id := nextval(pg_get_serial_sequence('optout_objectionevent', 'id'));
         receipt := demur_receipt(v_event_id, p_receipt_code);
         v_hash := demur_event_hash(
@@ -74,9 +78,9 @@ BEGIN
             p_staff_user, p_idempotency_key);
         INSERT INTO optout_objectionstate
             (subject_id, purpose_id, objected, source, received_at, effective_at, receipt,
-             last_event_id, head_hash, updated_at)
+             last_event_id, head_hash, seq, feed_key, updated_at)
         VALUES (p_subject_id, v_purpose_id, true, p_source, p_received_at, p_effective_at,
-                demur_objection_append.receipt, v_event_id, v_hash, p_recorded_at)
+                demur_objection_append.receipt, v_event_id, v_hash, v_seq, v_key, p_recorded_at)
         ON CONFLICT (subject_id, purpose_id) DO NOTHING
         RETURNING * INTO v_state;
     END IF;
@@ -95,7 +99,13 @@ BEGIN
             RETURN;
         END IF;
         -- Numbered under the lock, so that one subject's events rise with their chain
-        -- (verify_ledger walks it in id order); an id taken above is left unused.
+        -- (verify_ledger walks it in id order); an id taken above is left unused. This
+        -- transaction may have its id from before it waited for the lock, lower than
+        -- the previous event's: the feed position never falls below the predecessor's,
+        -- so the feed, in (feed_key, id) order, delivers a chain in its own order.
+        v_seq := v_state.seq + 1;
+        v_key := greatest((SELECT e.base FROM demur_ledger_epoch() e) + pg_current_xact_id()::text::bigint,
+                          v_state.feed_key);
         v_event_id := nextval(pg_get_serial_sequence('optout_objectionevent', 'id'));
         receipt := demur_receipt(v_event_id, p_receipt_code);
         v_prev := coalesce(nullif(v_state.head_hash, ''), v_prev);
@@ -106,18 +116,19 @@ BEGIN
         UPDATE optout_objectionstate
         SET objected = (p_action = 'objected'), source = p_source, received_at = p_received_at,
             effective_at = p_effective_at, receipt = demur_objection_append.receipt,
-            last_event_id = v_event_id, head_hash = v_hash, updated_at = p_recorded_at
+            last_event_id = v_event_id, head_hash = v_hash, seq = v_seq, feed_key = v_key,
+            updated_at = p_recorded_at
         WHERE id = v_state.id;
     END IF;
 
     INSERT INTO optout_objectionevent
         (id, uuid, subject_id, email, purpose_id, action, source, reason, campaign_id,
          notice_version_id, staff_user, received_at, effective_at, recorded_at, receipt_code,
-         idempotency_key, prev_hash, hash)
+         idempotency_key, prev_hash, hash, seq, feed_key)
     VALUES
         (v_event_id, p_uuid, p_subject_id, p_email, v_purpose_id, p_action, p_source, p_reason,
          p_campaign_id, p_notice_version_id, p_staff_user, p_received_at, p_effective_at,
-         p_recorded_at, p_receipt_code, p_idempotency_key, v_prev, v_hash);
+         p_recorded_at, p_receipt_code, p_idempotency_key, v_prev, v_hash, v_seq, v_key);
 
     IF p_mail_to <> '' THEN
         -- The body is rendered by the worker that sends it (optout.outbox).

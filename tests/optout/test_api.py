@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from optout.ledger import format_timestamp
 from optout.models import ApiClient, ObjectionEvent, Purpose
-from optout.selectors import Cursor, FeedRow, feed_page
+from optout.selectors import Cursor, FeedRow, feed_horizon, feed_page
 from optout.services import objection_record, objection_withdraw
 
 pytestmark = pytest.mark.django_db
@@ -40,10 +40,9 @@ def settle_feed(timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with connection.cursor() as db:
-            db.execute("SELECT coalesce(max(xid), 0) FROM optout_objectionevent")
+            db.execute("SELECT coalesce(max(feed_key), 0) FROM optout_objectionevent")
             (newest,) = db.fetchone()
-            db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            (horizon,) = db.fetchone()
+        horizon = feed_horizon().key
         if horizon > newest:
             return
         assert time.monotonic() < deadline, "another transaction on this server held the feed back"
@@ -60,6 +59,7 @@ def _feed_event(row: FeedRow) -> dict[str, str]:
         "received_at": format_timestamp(row.received_at),
         "effective_at": format_timestamp(row.effective_at),
         "source": row.source,
+        "seq": row.seq,
     }
 
 
@@ -213,7 +213,8 @@ def test_the_feed_pages_with_an_opaque_cursor_and_filters_by_purpose(client, pur
         ("ad", "objected"),
         ("s0", "withdrawn"),
     ]
-    assert set(events[0]) == {"id", "subject_id", "purpose", "action", "received_at", "effective_at", "source"}
+    assert set(events[0]) == {"id", "subject_id", "purpose", "action", "received_at", "effective_at", "source", "seq"}
+    assert [e["seq"] for e in events] == [1, 1, 1, 1, 2]
     assert {str(u) for u in ObjectionEvent.objects.values_list("uuid", flat=True)} == {e["id"] for e in events}
     assert events[0]["received_at"].endswith("Z")
     assert [(e["subject_id"], e["purpose"], e["source"]) for e in ads["events"]] == [("ad", "ads", "gpc")]

@@ -7,12 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -20,11 +15,10 @@ from django.db import connection
 
 from campaigns.models import Recipient
 from optout.models import ApiClient, ApiScope, ObjectionEvent
-from tests.campaigns.private_servers import free_port
+from tests import web_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 WRITES = [
     ("/api/v1/objections", {"subject_id": "chunked-1", "source": "in-app"}),
@@ -38,40 +32,9 @@ WRITES = [
 def gunicorn(tmp_path):
     """One gunicorn master with one sync worker on a free port, on the test database."""
     source = urlsplit(os.environ["DATABASE_URL"])
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": urlunsplit(source._replace(path="/" + connection.settings_dict["NAME"])),
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-    }
-    log = tmp_path / "gunicorn.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "config.wsgi"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "gunicorn did not answer within 60 s"
-            try:
-                status, _ = send(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                if status == 200:
-                    break
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.1)
+    url = urlunsplit(source._replace(path="/" + connection.settings_dict["NAME"]))
+    with web_server.gunicorn(url, tmp_path / "gunicorn.log") as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def send(port: int, raw: bytes) -> tuple[int, bytes]:

@@ -31,9 +31,9 @@ def real_feed_page(*, cursor: Cursor, limit: int):
 
 def wait_for_horizon() -> None:
     """Until every event now in the table is below the feed's horizon (see drain)."""
-    last_xid = max(ObjectionEvent.objects.values_list("xid", flat=True), default=0) or 0
+    last_key = max(ObjectionEvent.objects.values_list("feed_key", flat=True), default=0) or 0
     deadline = time.monotonic() + 30
-    while feed_horizon().xid <= last_xid:
+    while feed_horizon().key <= last_key:
         assert time.monotonic() < deadline, "the feed's horizon did not pass the last event within 30 s"
         time.sleep(0.01)
 
@@ -43,10 +43,10 @@ def drain(read_page, cursor: Cursor, seen: list) -> Cursor:
 
     The horizon is cluster-wide: an unrelated open transaction (another test database on
     the same server) may hold it back for a moment; the feed then waits, never skips."""
-    last_xid = max(ObjectionEvent.objects.values_list("xid", flat=True), default=0) or 0
+    last_key = max(ObjectionEvent.objects.values_list("feed_key", flat=True), default=0) or 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        passed = feed_horizon().xid > last_xid
+        passed = feed_horizon().key > last_key
         page, cursor = read_page(cursor=cursor, limit=100)
         seen.extend(page)
         if passed and not page:
@@ -60,7 +60,18 @@ def test_the_cursor_round_trips_and_rejects_garbage():
     assert Cursor.decode(Cursor(123, 456).encode()) == Cursor(123, 456)
     assert Cursor.decode(None) == Cursor() == Cursor.decode("")
     assert Cursor.decode(Cursor(123, 456, "ads").encode()) == Cursor(123, 456, "ads")
-    noncanonical = ["1. 1.+2", "1.1_0.2", "1.1.9223372036854775808", "2..1.2", "2.a.b.1.2", "3.1.2"]
+    issued = Cursor(123, 456, "", "a" * 32, "b" * 32)
+    assert Cursor.decode(issued.encode()) == issued
+    assert Cursor.decode(Cursor(123, 456, "ads", "a" * 32, "b" * 32).encode()).scope == "ads"
+    noncanonical = [
+        "1. 1.+2",
+        "1.1_0.2",
+        "1.1.9223372036854775808",
+        "2..1.2",
+        "2.a.b.1.2",
+        "3.1.2",
+        f"3.{'a' * 32}.{'b' * 31}..1.2",
+    ]
     garbage = ["%%%", "bm9wZQ", Cursor(1, 2).encode()[:-2] + "!!", "MS4tMS4y"]
     for text in garbage + [base64.urlsafe_b64encode(raw.encode()).decode() for raw in noncanonical]:
         with pytest.raises(BadCursor):
@@ -231,8 +242,8 @@ def _run_writers_and_poller(read_page, *, writers=8, per_writer=40):
 def test_a_poller_sees_every_event_once_in_cursor_order_under_8_writers(purpose):
     seen = _run_writers_and_poller(real_feed_page)
 
-    committed = dict(ObjectionEvent.objects.values_list("uuid", "xid"))
-    positions = dict(((u, (x, i)) for u, x, i in ObjectionEvent.objects.values_list("uuid", "xid", "id")))
+    committed = dict(ObjectionEvent.objects.values_list("uuid", "feed_key"))
+    positions = dict(((u, (k, i)) for u, k, i in ObjectionEvent.objects.values_list("uuid", "feed_key", "id")))
     assert len(committed) > 8 * 40  # objections and withdrawals from every writer
     assert len(seen) == len(set(seen)), "an event was delivered twice"
     assert set(seen) == set(committed), f"{len(set(committed) - set(seen))} events were skipped"

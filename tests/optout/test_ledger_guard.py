@@ -68,9 +68,9 @@ def test_a_missing_or_forged_transaction_id_is_replaced_by_the_writers(purpose, 
     the writer sends: the column default fills it in, the trigger corrects anything else."""
     columns = (
         "uuid, subject_id, email, purpose_id, action, source, reason, staff_user, received_at, "
-        "effective_at, recorded_at, receipt_code, prev_hash, hash"
+        "effective_at, recorded_at, receipt_code, prev_hash, hash, seq, feed_key"
     )
-    values = "gen_random_uuid(), 'raw', '', %s, 'objected', 'api', '', '', now(), now(), now(), 1, '', ''"
+    values = "gen_random_uuid(), 'raw', '', %s, 'objected', 'api', '', '', now(), now(), now(), 1, '', '', 1, 1"
     params: list = [purpose.id]
     if given != "omitted":
         columns += ", xid"
