@@ -60,8 +60,10 @@ def prepare(url: str, *, events: int, extra_objectors: int = 0) -> None:
     psql(
         url,
         "ALTER TABLE optout_objectionevent DISABLE TRIGGER demur_ledger_no_truncate;"
+        "ALTER TABLE optout_objectionstate DISABLE TRIGGER demur_state_no_truncate;"
         "TRUNCATE optout_objectionstate, optout_objectionevent CASCADE;"
-        "ALTER TABLE optout_objectionevent ENABLE TRIGGER demur_ledger_no_truncate;",
+        "ALTER TABLE optout_objectionevent ENABLE TRIGGER demur_ledger_no_truncate;"
+        "ALTER TABLE optout_objectionstate ENABLE TRIGGER demur_state_no_truncate;",
     )
     purpose_id = int(psql(url, "SELECT id FROM optout_purpose WHERE slug = 'ai-training'"))
     _copy_events(url, events, purpose_id)

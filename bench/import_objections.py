@@ -42,8 +42,10 @@ def empty_ledger(url: str) -> None:
     psql(
         url,
         "ALTER TABLE optout_objectionevent DISABLE TRIGGER demur_ledger_no_truncate;"
+        "ALTER TABLE optout_objectionstate DISABLE TRIGGER demur_state_no_truncate;"
         "TRUNCATE optout_objectionstate, optout_objectionevent CASCADE;"
-        "ALTER TABLE optout_objectionevent ENABLE TRIGGER demur_ledger_no_truncate;",
+        "ALTER TABLE optout_objectionevent ENABLE TRIGGER demur_ledger_no_truncate;"
+        "ALTER TABLE optout_objectionstate ENABLE TRIGGER demur_state_no_truncate;",
     )
 
 

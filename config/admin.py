@@ -19,6 +19,7 @@ from django_ratelimit.core import is_ratelimited
 
 from config import two_factor
 from config.health import feed_blockers
+from optout.models import LedgerCheck
 
 # The admin's Content Security Policy: the site's own (config/settings.py, where no
 # script runs) plus Django's admin scripts and the data: images of its widgets, all from
@@ -102,7 +103,12 @@ class DemurAdminSite(admin.AdminSite):
             stalls = feed_blockers(older_than=settings.DEMUR_FEED_STALL_WARNING)
         except DatabaseError:
             stalls = []
-        extra_context = {**(extra_context or {}), "feed_stalls": stalls}
+        try:
+            check = LedgerCheck.objects.order_by("-checked_at").first()
+        except DatabaseError:
+            check = None
+        alarm = check if check is not None and check.problems else None
+        extra_context = {**(extra_context or {}), "feed_stalls": stalls, "ledger_alarm": alarm}
         return super().index(request, extra_context)
 
 

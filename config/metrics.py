@@ -84,6 +84,7 @@ class DatabaseCollector(Collector):
     """Gauges read from PostgreSQL when Prometheus scrapes."""
 
     def collect(self):
+        from optout.models import LedgerCheck  # this module loads with the settings, before the apps
 
         lag = GaugeMetricFamily(
             "demur_feed_lag_seconds",
@@ -91,9 +92,21 @@ class DatabaseCollector(Collector):
         )
         try:
             lag.add_metric([], feed_lag_seconds())
+            check = LedgerCheck.objects.order_by("-checked_at").first()
         except DatabaseError:
             return
         yield lag
+        if check is not None:
+            problems = GaugeMetricFamily(
+                "demur_ledger_problems", "Problems the last verification of the objection ledger found (0: intact)."
+            )
+            problems.add_metric([], check.problems)
+            yield problems
+            checked = GaugeMetricFamily(
+                "demur_ledger_checked_timestamp_seconds", "When the objection ledger was last verified (Unix time)."
+            )
+            checked.add_metric([], check.checked_at.timestamp())
+            yield checked
 
 
 class QueueCollector(Collector):

@@ -221,6 +221,27 @@ class LedgerEpoch(models.Model):
         return self.epoch
 
 
+class LedgerCheck(models.Model):
+    """One run of the ledger's verification by the periodic task optout.ledger_verify
+    (optout.services.ledger_check_record): what it read and what it found. The newest
+    one with problems is an alarm on the admin's index page and in /metrics."""
+
+    checked_at = models.DateTimeField(_("checked at"), default=timezone.now, editable=False)
+    events = models.BigIntegerField(_("events read"), editable=False)
+    chains = models.BigIntegerField(_("chains read"), editable=False)
+    problems = models.IntegerField(_("problems found"), editable=False)
+    # The first problem's event and receipt number and what is wrong; never a subject id.
+    first_problem = models.TextField(_("first problem"), blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("ledger check")
+        verbose_name_plural = _("ledger checks")
+        get_latest_by = "checked_at"
+
+    def __str__(self) -> str:
+        return f"{self.checked_at:%Y-%m-%d %H:%M}: {self.problems}"
+
+
 class ApiScope(models.TextChoices):
     OBJECTIONS_READ = "objections:read", _("read objections (training systems)")
     OBJECTIONS_WRITE = "objections:write", _("record objections on a person's behalf")

@@ -480,6 +480,33 @@ def ledger_checkpoint() -> int:
     return complete_below
 
 
+def ledger_check_record():
+    """Verify the whole ledger (optout.selectors.ledger_verify) and record the outcome as
+    a LedgerCheck; a finding is also logged as an error. Beat runs it every
+    DEMUR_LEDGER_VERIFY_SECONDS (optout.ledger_verify)."""
+    import logging
+
+    from optout.models import LedgerCheck
+    from optout.selectors import ledger_verify
+
+    report = ledger_verify()
+    first = report.first_problem
+    if first is None:
+        described = ""
+    elif first.event_id:
+        described = f"event #{first.event_id} (receipt {first.receipt}): {first.reason}"
+    else:
+        described = f"a current-state row (receipt {first.receipt or '-'}): {first.reason}"
+    check = LedgerCheck.objects.create(
+        events=report.events, chains=report.chains, problems=len(report.problems), first_problem=described
+    )
+    if check.problems:
+        logging.getLogger(__name__).error(
+            "ledger check found %d problem(s); the first is %s", check.problems, described
+        )
+    return check
+
+
 def audit_record(*, user, action: str, target: str = "", details: dict | None = None) -> None:
     """Add a line to the staff audit log. Call it inside the action's transaction, so the
     trail has the action exactly when the action happened."""

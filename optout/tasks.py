@@ -1,5 +1,5 @@
 """Celery tasks of the opt-out pages: send outbox mail; sweep the outbox; checkpoint the
-ledger's feed. optout.outbox
+ledger's feed; verify the ledger. optout.outbox
 publishes by task name (SEND_MANY_TASK), so it needs nothing from here."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from optout.outbox import SEND_MANY_TASK, outbox_send, outbox_send_many, outbox_sweep
-from optout.services import ledger_checkpoint
+from optout.services import ledger_check_record, ledger_checkpoint
 
 
 @shared_task(name="optout.outbox_send", ignore_result=True)
@@ -31,3 +31,9 @@ def outbox_sweep_task() -> int:
 @shared_task(name="optout.ledger_checkpoint", ignore_result=True)
 def ledger_checkpoint_task() -> int:
     return ledger_checkpoint()
+
+
+@shared_task(name="optout.ledger_verify", ignore_result=True)
+def ledger_verify_task() -> int:
+    """The number of problems found (0: intact)."""
+    return ledger_check_record().problems

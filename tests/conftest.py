@@ -11,7 +11,8 @@ from django.db.backends.postgresql.operations import DatabaseOperations
 from optout.models import Purpose
 from tests.redis_dbs import empty_owned, own_database
 
-LEDGER_TABLE = "optout_objectionevent"
+# The ledger's tables refuse TRUNCATE (optout/migrations 0002, 0013).
+GUARDS = [("optout_objectionevent", "demur_ledger_no_truncate"), ("optout_objectionstate", "demur_state_no_truncate")]
 EPOCH_TABLE = "optout_ledgerepoch"
 
 _sql_flush = DatabaseOperations.sql_flush
@@ -22,11 +23,12 @@ def _sql_flush_past_ledger_guard(self, style, tables, **kwargs):
     rightly refuses. Inside that one flush transaction the test database lifts the guard
     the way an operator would (ALTER TABLE ... DISABLE TRIGGER) and restores it."""
     statements = _sql_flush(self, style, tables, **kwargs)
-    if LEDGER_TABLE in tables and statements:
+    guarded = [(table, trigger) for table, trigger in GUARDS if table in tables]
+    if guarded and statements:
         statements = [
-            f"ALTER TABLE {LEDGER_TABLE} DISABLE TRIGGER demur_ledger_no_truncate;",
+            *(f"ALTER TABLE {table} DISABLE TRIGGER {trigger};" for table, trigger in guarded),
             *statements,
-            f"ALTER TABLE {LEDGER_TABLE} ENABLE TRIGGER demur_ledger_no_truncate;",
+            *(f"ALTER TABLE {table} ENABLE TRIGGER {trigger};" for table, trigger in guarded),
         ]
     if EPOCH_TABLE in tables and statements:
         # The ledger starts again, in an epoch of its own (as after migrate), so that no

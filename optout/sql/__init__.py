@@ -10,7 +10,8 @@ from pathlib import Path
 DIRECTORY = Path(__file__).resolve().parent
 
 # In load order: demur_objection_append calls demur_event_hash, demur_receipt and
-# demur_ledger_epoch (whose table migration optout/0012 creates).
+# demur_ledger_epoch (whose table migration optout/0012 creates); demur_state_guard
+# (optout/0013) calls demur_receipt.
 FUNCTIONS = (
     "demur_ledger_reject_change",
     "demur_ledger_stamp_xid",
@@ -18,6 +19,7 @@ FUNCTIONS = (
     "demur_receipt",
     "demur_ledger_epoch",
     "demur_objection_append",
+    "demur_state_guard",
 )
 
 

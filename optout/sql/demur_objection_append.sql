@@ -1,7 +1,8 @@
 -- One round trip for an objection or withdrawal (optout.services): find the purpose, check
 -- an idempotency key, lock the subject's state row (or create it, for someone new, already
--- in its final form), chain the new event to the previous one (hashed by demur_event_hash),
--- update the state, and write the outbox row of the confirmation mail. Called on its own
+-- in its final form), chain the new event to the previous one (hashed by demur_event_hash,
+-- numbered in the chain and placed in the feed), move the state to it, and write the
+-- outbox row of the confirmation mail. Called on its own
 -- (autocommit) it is one transaction: the event and its mail row commit together or not
 -- at all.
 --
@@ -26,6 +27,7 @@ DECLARE
     v_prev text := repeat('0', 64);
     v_hash text;
     v_seq integer := 1;
+    v_follow boolean := false;  -- an existing state row moves to the new event
     v_key bigint;
 BEGIN
     SELECT id INTO v_purpose_id FROM optout_purpose WHERE slug = p_purpose;
@@ -104,6 +106,7 @@ BEGIN
         -- the previous event's: the feed position never falls below the predecessor's,
         -- so the feed, in (feed_key, id) order, delivers a chain in its own order.
         v_seq := v_state.seq + 1;
+        v_follow := true;
         v_key := greatest((SELECT e.base FROM demur_ledger_epoch() e) + pg_current_xact_id()::text::bigint,
                           v_state.feed_key);
         v_event_id := nextval(pg_get_serial_sequence('optout_objectionevent', 'id'));
@@ -113,12 +116,6 @@ BEGIN
             v_prev, p_uuid, p_subject_id, p_purpose, p_action, p_source, p_received_at, p_effective_at,
             p_recorded_at, p_receipt_code, p_email, p_reason, p_campaign_id, p_notice_version_id,
             p_staff_user, p_idempotency_key);
-        UPDATE optout_objectionstate
-        SET objected = (p_action = 'objected'), source = p_source, received_at = p_received_at,
-            effective_at = p_effective_at, receipt = demur_objection_append.receipt,
-            last_event_id = v_event_id, head_hash = v_hash, seq = v_seq, feed_key = v_key,
-            updated_at = p_recorded_at
-        WHERE id = v_state.id;
     END IF;
 
     INSERT INTO optout_objectionevent
@@ -129,6 +126,16 @@ BEGIN
         (v_event_id, p_uuid, p_subject_id, p_email, v_purpose_id, p_action, p_source, p_reason,
          p_campaign_id, p_notice_version_id, p_staff_user, p_received_at, p_effective_at,
          p_recorded_at, p_receipt_code, p_idempotency_key, v_prev, v_hash, v_seq, v_key);
+
+    IF v_follow THEN
+        -- The state follows its new event (demur_state_guard checks that it does).
+        UPDATE optout_objectionstate
+        SET objected = (p_action = 'objected'), source = p_source, received_at = p_received_at,
+            effective_at = p_effective_at, receipt = demur_objection_append.receipt,
+            last_event_id = v_event_id, head_hash = v_hash, seq = v_seq, feed_key = v_key,
+            updated_at = p_recorded_at
+        WHERE id = v_state.id;
+    END IF;
 
     IF p_mail_to <> '' THEN
         -- The body is rendered by the worker that sends it (optout.outbox).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from optout.models import ObjectionEvent, ObjectionState
 from optout.services import objection_record, objection_withdraw
@@ -107,6 +107,7 @@ def test_verify_ledger_finds_a_removed_event(ledger):
     alice_first = ledger[0]
     alice_second = ObjectionEvent.objects.get(subject_id="alice", action="withdrawn")
     _sql("ALTER TABLE optout_objectionevent DISABLE TRIGGER demur_ledger_no_update_delete")
+    _sql("ALTER TABLE optout_objectionstate DISABLE TRIGGER demur_state_guard_update")
     _sql("UPDATE optout_objectionstate SET last_event_id = NULL")
     _sql("DELETE FROM optout_objectionevent WHERE id = %s", [alice_first.id])
 
@@ -118,10 +119,35 @@ def test_verify_ledger_finds_a_removed_event(ledger):
 
 
 def test_verify_ledger_finds_a_state_that_lies(ledger):
+    # Past the database's own guard, as someone able to switch triggers off could.
+    _sql("ALTER TABLE optout_objectionstate DISABLE TRIGGER demur_state_guard_update")
     ObjectionState.objects.filter(subject_id="bob").update(objected=False)
 
     with pytest.raises(CommandError, match="the state of subject bob"):
         call_command("verify_ledger")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE optout_objectionstate SET objected = false WHERE subject_id = 'bob'",
+        "UPDATE optout_objectionstate SET effective_at = now() WHERE subject_id = 'bob'",
+        "UPDATE optout_objectionstate SET last_event_id = NULL WHERE subject_id = 'bob'",
+        # pointed back at alice's objection, before her withdrawal
+        "UPDATE optout_objectionstate s SET last_event_id = e.id, objected = true, head_hash = e.hash, seq = e.seq,"
+        " feed_key = e.feed_key, receipt = demur_receipt(e.id, e.receipt_code)"
+        " FROM optout_objectionevent e WHERE s.subject_id = 'alice' AND e.subject_id = 'alice' AND e.seq = 1",
+        "DELETE FROM optout_objectionstate WHERE subject_id = 'bob'",
+        "TRUNCATE optout_objectionstate",
+    ],
+)
+def test_the_database_refuses_a_state_the_ledger_does_not_say(ledger, change):
+    """The check and the export serve the state table: only the ledger's writers move it."""
+    before = list(ObjectionState.objects.order_by("id").values())
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _sql(change)
+
+    assert list(ObjectionState.objects.order_by("id").values()) == before
 
 
 @pytest.mark.parametrize(
@@ -217,3 +243,33 @@ def test_imported_events_get_rising_uuid7s(purpose, tmp_path):
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
     assert [u.int for u in made] == sorted({u.int for u in made})  # strictly rising
     assert started_ms <= made[0].int >> 80 <= int(timezone.now().timestamp() * 1000)
+
+
+def test_the_periodic_check_raises_an_alarm_in_the_admin_and_in_metrics(ledger, client, django_user_model):
+    from django.test import Client
+
+    from optout.models import LedgerCheck
+    from optout.tasks import ledger_verify_task
+
+    staff = django_user_model.objects.create_superuser("ops", "ops@example.org", "pw")
+    client.force_login(staff)
+    assert ledger_verify_task() == 0
+    assert 'id="ledger-alarm"' not in client.get("/admin/").content.decode()
+
+    # Past the database's guard, as someone able to switch triggers off could.
+    _sql("ALTER TABLE optout_objectionstate DISABLE TRIGGER demur_state_guard_update")
+    _sql("UPDATE optout_objectionstate SET objected = false WHERE subject_id = 'bob'")
+    _sql("ALTER TABLE optout_objectionstate ENABLE TRIGGER demur_state_guard_update")
+    assert ledger_verify_task() == 1
+
+    check = LedgerCheck.objects.latest()
+    assert (check.events, check.chains, check.problems) == (4, 3, 1)
+    bob = ObjectionState.objects.get(subject_id="bob")
+    assert (
+        check.first_problem
+        == f"a current-state row (receipt {bob.receipt}): current state disagrees with its last event"
+    )
+    page = client.get("/admin/").content.decode()
+    assert 'id="ledger-alarm"' in page and bob.receipt in page and "bob" not in page.split('id="ledger-alarm"')[1][:600]
+    scrape = Client().get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    assert "demur_ledger_problems 1.0" in scrape and "demur_ledger_checked_timestamp_seconds" in scrape
