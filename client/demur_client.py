@@ -17,6 +17,13 @@ behind its cursor. While one page is parsed and applied, a thread already fetche
 the same time; `feed_pages()` is that reader on its own, for pipelines that keep their
 own store.
 
+Each event carries `seq`, its place in its subject's history; the copy keeps the newest
+seq it applied per subject (table `seen`) and skips an event that is not newer, so a
+redelivered or reordered event can never undo a later one. When the server's ledger was
+restored from a backup older than the copy's cursor, the feed answers 410: `sync()`
+drops the cursor and the time of the last sync (the copy answers "everyone objects"
+meanwhile) and starts again from the snapshot, in the same call.
+
 It fails closed. When the API cannot be reached or answers with an error, `sync()` raises
 `DemurUnavailable`, and once the copy is older than `max_staleness` seconds (or has
 never been synced) `is_objected()` answers True for everyone and `allowed()` returns

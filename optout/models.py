@@ -230,8 +230,10 @@ class LedgerCheck(models.Model):
     events = models.BigIntegerField(_("events read"), editable=False)
     chains = models.BigIntegerField(_("chains read"), editable=False)
     problems = models.IntegerField(_("problems found"), editable=False)
-    # The first problem's event and receipt number and what is wrong; never a subject id.
+    # The first problem's event and receipt number and what is wrong, as verify_ledger
+    # says it (English, for the log); never a subject id. The admin shows the receipt.
     first_problem = models.TextField(_("first problem"), blank=True, editable=False)
+    first_receipt = models.CharField(_("receipt of the first problem"), max_length=16, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("ledger check")

@@ -498,7 +498,11 @@ def ledger_check_record():
     else:
         described = f"a current-state row (receipt {first.receipt or '-'}): {first.reason}"
     check = LedgerCheck.objects.create(
-        events=report.events, chains=report.chains, problems=len(report.problems), first_problem=described
+        events=report.events,
+        chains=report.chains,
+        problems=len(report.problems),
+        first_problem=described,
+        first_receipt=(first.receipt or "-") if first else "",
     )
     if check.problems:
         logging.getLogger(__name__).error(

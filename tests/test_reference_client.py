@@ -127,3 +127,40 @@ def test_a_copy_goes_closed_when_syncing_fails_for_longer_than_allowed(live_serv
     time.sleep(1.1)
     assert mirror.allowed(["objector", "other"]) == []
     assert mirror.is_objected("other") is True
+
+
+def _event(subject_id: str, action: str, seq: int) -> dict:
+    return {"subject_id": subject_id, "action": action, "effective_at": "2026-01-01T00:00:00.000000Z", "seq": seq}
+
+
+def test_an_event_older_than_what_the_copy_holds_changes_nothing(tmp_path):
+    mirror = ObjectionMirror("http://127.0.0.1:9", "key", str(tmp_path / "o.sqlite3"))
+    mirror._apply([_event("p", "objected", 1), _event("p", "withdrawn", 2), _event("p", "objected", 3)], "c1", None, "")
+    assert mirror.objector_count() == 1
+
+    # Delivered again, or out of order: an older withdrawal does not undo the objection.
+    mirror._apply([_event("p", "withdrawn", 2), _event("q", "objected", 1)], "c2", None, "c1")
+    assert sorted(row[0] for row in mirror.db.execute("SELECT subject_id FROM objectors")) == ["p", "q"]
+    mirror._apply([_event("p", "withdrawn", 4)], "c3", None, "c2")
+    assert [row[0] for row in mirror.db.execute("SELECT subject_id FROM objectors")] == ["q"]
+    assert dict(mirror.db.execute("SELECT subject_id, seq FROM seen")) == {"p": 4, "q": 1}
+
+
+def test_a_copy_made_before_seq_is_upgraded_when_opened(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
+        "INSERT INTO objectors VALUES ('p', '2026-01-01T00:00:00.000000Z');"
+        "INSERT INTO meta VALUES ('cursor', 'c'), ('purpose', 'ai-training');"
+    )
+    old.commit()
+    old.close()
+
+    mirror = ObjectionMirror("http://127.0.0.1:9", "key", str(path))
+    assert mirror.damage is None and mirror.objector_count() == 1
+    mirror._apply([_event("p", "withdrawn", 2)], "c2", None, "c")
+    assert mirror.objector_count() == 0

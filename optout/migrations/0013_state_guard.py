@@ -45,6 +45,12 @@ class Migration(migrations.Migration):
                 ("chains", models.BigIntegerField(editable=False, verbose_name="chains read")),
                 ("problems", models.IntegerField(editable=False, verbose_name="problems found")),
                 ("first_problem", models.TextField(blank=True, editable=False, verbose_name="first problem")),
+                (
+                    "first_receipt",
+                    models.CharField(
+                        blank=True, editable=False, max_length=16, verbose_name="receipt of the first problem"
+                    ),
+                ),
             ],
             options={
                 "verbose_name": "ledger check",

@@ -269,6 +269,7 @@ def test_the_periodic_check_raises_an_alarm_in_the_admin_and_in_metrics(ledger, 
         check.first_problem
         == f"a current-state row (receipt {bob.receipt}): current state disagrees with its last event"
     )
+    assert check.first_receipt == bob.receipt
     page = client.get("/admin/").content.decode()
     assert 'id="ledger-alarm"' in page and bob.receipt in page and "bob" not in page.split('id="ledger-alarm"')[1][:600]
     scrape = Client().get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
