@@ -63,6 +63,9 @@ class QuickStart:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # As in a terminal: Ctrl-C reaches it even when this test runs in the
+                # background of a shell without job control, which starts it ignored.
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
 
