@@ -67,6 +67,11 @@ __all__ = ["CopyDamaged", "DemurUnavailable", "ObjectionMirror", "ResyncRequired
 # (the events' seq) of the newest event applied: an older one, delivered again, changes
 # nothing. Copies made before it existed get it on open.
 _SEEN = "CREATE TABLE IF NOT EXISTS seen (subject_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;"
+# Records an event's seq if it is newer than the subject's; changes no row otherwise.
+_NEWER = (
+    "INSERT INTO seen VALUES (?, ?) ON CONFLICT (subject_id) DO UPDATE SET seq = excluded.seq"
+    " WHERE excluded.seq > seen.seq"
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS objectors (subject_id TEXT PRIMARY KEY, effective_at TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -295,13 +300,8 @@ class ObjectionMirror:
         try:
             for event in events:
                 seq = event.get("seq")  # a server before seq: every event applies, in order
-                if seq is not None:
-                    held = self.db.execute(
-                        "SELECT seq FROM seen WHERE subject_id = ?", (event["subject_id"],)
-                    ).fetchone()
-                    if held is not None and held[0] >= seq:
-                        continue
-                    self.db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?)", (event["subject_id"], seq))
+                if seq is not None and not self.db.execute(_NEWER, (event["subject_id"], seq)).rowcount:
+                    continue  # not newer than what the copy holds for this subject
                 if event["action"] == "objected":
                     self.db.execute(
                         "INSERT OR REPLACE INTO objectors VALUES (?, ?)", (event["subject_id"], event["effective_at"])

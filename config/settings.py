@@ -143,15 +143,15 @@ CELERY_BEAT_SCHEDULE = {
     # stalled dispatch, completes finished campaigns (campaigns/dispatch.py).
     "campaigns-tick": {"task": "campaigns.tick", "schedule": env_int("DEMUR_CAMPAIGN_TICK_SECONDS", 10, minimum=1)},
     "campaigns-retention": {"task": "campaigns.retention", "schedule": 3600},
-    # Records how far the change feed is complete (optout.services.ledger_checkpoint): a
-    # feed cursor read before the last checkpoint survives a restore of a backup taken
-    # after it.
     # Verifies the whole ledger and records the outcome (optout.services.ledger_check_record):
     # a finding shows on the admin's index page and in /metrics (demur_ledger_problems).
     "optout-ledger-verify": {
         "task": "optout.ledger_verify",
         "schedule": env_int("DEMUR_LEDGER_VERIFY_SECONDS", 6 * 3600, minimum=60),
     },
+    # Records how far the change feed is complete (optout.services.ledger_checkpoint): a
+    # feed cursor read before the last checkpoint survives a restore of a backup taken
+    # after it.
     "optout-ledger-checkpoint": {
         "task": "optout.ledger_checkpoint",
         "schedule": env_int("DEMUR_LEDGER_CHECKPOINT_SECONDS", 60, minimum=5),

@@ -11,9 +11,10 @@ from datetime import datetime
 
 import psycopg
 from django.db import connection
+from django.utils.translation import gettext as _
 from psycopg.adapt import Loader
 
-from optout.models import ObjectionEvent, ObjectionState
+from optout.models import LedgerEpoch, ObjectionEvent, ObjectionState
 
 
 class BadCursor(ValueError):
@@ -121,32 +122,24 @@ def cursor_continue(cursor: Cursor, position: FeedPosition) -> Cursor:
     """`cursor` as a position in the current epoch, after checking that the feed can
     continue from it: BadCursor for a cursor of another ledger or one ahead of the feed
     (which Demur never issued), ResyncRequired for one of an earlier epoch beyond what
-    this database holds of it."""
-    from django.utils.translation import gettext as _
-
-    from optout.models import LedgerEpoch
-
+    this database holds of it (or of an epoch it does not know)."""
     if cursor.is_start:
         return cursor
     if cursor.ledger and cursor.ledger != position.ledger:
         raise BadCursor(_("This cursor comes from another ledger than this one; use a next_cursor from this API."))
-    if cursor.epoch == position.epoch:
-        complete_below = position.horizon
+    if cursor.epoch:
+        epoch = cursor.epoch
+    else:  # a cursor of an earlier release: the ledger's first epoch
+        epoch = LedgerEpoch.objects.order_by("id").values_list("epoch", flat=True).first()
+    if epoch == position.epoch:
+        if (cursor.key, cursor.id) > (position.horizon, 0):
+            raise BadCursor(
+                _("This cursor is ahead of the change feed: Demur never issued it. Use a next_cursor from this API.")
+            )
     else:
-        epochs = LedgerEpoch.objects.order_by("id")
-        epoch = epochs.filter(epoch=cursor.epoch).first() if cursor.epoch else epochs.first()
-        if epoch is None:
-            raise ResyncRequired(cursor.epoch)
-        if epoch.epoch == position.epoch:  # a cursor of an earlier release, in the first epoch
-            complete_below = position.horizon
-        elif (cursor.key, cursor.id) > (epoch.complete_below, 0):
-            raise ResyncRequired(cursor.epoch)
-        else:
-            complete_below = epoch.complete_below
-    if (cursor.key, cursor.id) > (complete_below, 0):
-        raise BadCursor(
-            _("This cursor is ahead of the change feed: Demur never issued it. Use a next_cursor from this API.")
-        )
+        complete_below = LedgerEpoch.objects.filter(epoch=epoch).values_list("complete_below", flat=True).first()
+        if complete_below is None or (cursor.key, cursor.id) > (complete_below, 0):
+            raise ResyncRequired(epoch)
     return Cursor(cursor.key, cursor.id, cursor.scope, position.ledger, position.epoch)
 
 

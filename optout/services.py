@@ -5,6 +5,7 @@ hash with demur_event_hash (optout/sql/)."""
 
 from __future__ import annotations
 
+import logging
 import uuid as uuid_lib
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -18,8 +19,11 @@ from django.utils.translation import gettext as _
 
 from core.metrics import OBJECTIONS_RECORDED
 from optout.ledger import GENESIS_HASH, SUBJECT_ID_MAX, new_event_uuid, new_receipt_code, subject_id_valid
-from optout.models import Action, ObjectionEvent, OutboxMessage, Purpose, Source
+from optout.models import Action, LedgerCheck, ObjectionEvent, OutboxMessage, Purpose, Source
 from optout.outbox import outbox_enqueue
+from optout.selectors import feed_position, ledger_verify
+
+logger = logging.getLogger(__name__)
 
 
 class LedgerError(Exception):
@@ -457,38 +461,28 @@ def objections_append_staged(*, cursor: psycopg.Cursor, now: datetime) -> Staged
     return StagedAppend(candidates=candidates, appended=inserted)
 
 
-# The current epoch's horizon, in one statement's snapshot (optout.selectors).
-_CHECKPOINT_SQL = """
-WITH position AS MATERIALIZED (
-    SELECT epoch, base + pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon FROM demur_ledger_epoch()
-)
-UPDATE optout_ledgerepoch l SET complete_below = greatest(l.complete_below, position.horizon)
-FROM position WHERE l.epoch = position.epoch
-RETURNING l.complete_below
-"""
-
-
 def ledger_checkpoint() -> int:
     """Record that every event of the current epoch below its horizon is in this
     database, and return that position. A backup taken afterwards holds the record: a
     client whose cursor is below it continues after a restore of that backup, one
     beyond it is told to resynchronise (optout.selectors.cursor_continue). Beat runs it
-    every DEMUR_LEDGER_CHECKPOINT_SECONDS."""
+    every DEMUR_LEDGER_CHECKPOINT_SECONDS. The horizon is the one feed_position() read:
+    what had committed below it then is still there when this records it."""
+    position = feed_position()
     with connection.cursor() as db:
-        db.execute(_CHECKPOINT_SQL)
+        db.execute(
+            "UPDATE optout_ledgerepoch SET complete_below = greatest(complete_below, %s) WHERE epoch = %s"
+            " RETURNING complete_below",
+            [position.horizon, position.epoch],
+        )
         (complete_below,) = db.fetchone()
     return complete_below
 
 
-def ledger_check_record():
+def ledger_check_record() -> LedgerCheck:
     """Verify the whole ledger (optout.selectors.ledger_verify) and record the outcome as
     a LedgerCheck; a finding is also logged as an error. Beat runs it every
     DEMUR_LEDGER_VERIFY_SECONDS (optout.ledger_verify)."""
-    import logging
-
-    from optout.models import LedgerCheck
-    from optout.selectors import ledger_verify
-
     report = ledger_verify()
     first = report.first_problem
     if first is None:
@@ -505,9 +499,7 @@ def ledger_check_record():
         first_receipt=(first.receipt or "-") if first else "",
     )
     if check.problems:
-        logging.getLogger(__name__).error(
-            "ledger check found %d problem(s); the first is %s", check.problems, described
-        )
+        logger.error("ledger check found %d problem(s); the first is %s", check.problems, described)
     return check
 
 

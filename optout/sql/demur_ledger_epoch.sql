@@ -10,7 +10,7 @@
 -- not name where this runs, a new epoch starts, under a lock, with a base that puts
 -- every later position above every position the ledger holds and above every horizon
 -- the earlier epochs recorded as complete (optout_ledgerepoch.complete_below, advanced
--- by the periodic task optout.tasks.ledger_checkpoint). Cursors of an earlier epoch stay
+-- by optout.services.ledger_checkpoint, which beat runs every minute). Cursors of an earlier epoch stay
 -- good up to its complete_below; beyond it the API answers 410 resync_required.
 --
 -- On a standby nothing can be written, so it answers with the top row as it stands.
